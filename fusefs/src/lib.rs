@@ -1,0 +1,1 @@
+//! stacko merged filesystem (see issue 3).

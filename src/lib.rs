@@ -1,0 +1,1 @@
+//! stacko: images, instances, stackpoints.
