@@ -37,6 +37,7 @@
 
 pub mod checkout;
 pub mod error;
+mod gc;
 pub mod ingest;
 pub mod keys;
 pub mod objects;
@@ -45,6 +46,7 @@ pub mod read;
 pub mod records;
 pub mod store;
 pub mod tar;
+mod xattr;
 
 pub use error::{Error, Result};
 pub use records::*;

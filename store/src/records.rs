@@ -245,7 +245,7 @@ pub struct LayerRecord {
 
 /// Encodes a record: the version byte, then postcard.
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
+    let out = vec![FORMAT_VERSION];
     // postcard cannot fail on our types: no maps with non-string keys, no unsized data.
     match postcard::to_extend(record, out) {
         Ok(v) => v,

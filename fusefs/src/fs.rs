@@ -1,0 +1,1700 @@
+//! The merged filesystem: lower layers plus a copy-on-write upper directory.
+//!
+//! Every operation is a plain method returning [`Result`] with an errno, so the logic is
+//! tested without FUSE; [`crate::fuse`] only adapts these methods to fuser.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::config::FsConfig;
+use crate::dircache::{DirCache, DirEntry, Listing};
+use crate::dirlower::{attr_from_stat, parse_override_stat, WH_OPAQUE};
+use crate::error::{Errno, Result};
+use crate::lower::{Kind, Lower, LowerAttr, LowerEntry, LowerFile, Timestamp};
+use crate::node::{decode_lower, LowerRef, Node, NodeState, NodeTable, ROOT_INO};
+use crate::shard::ShardedMap;
+use crate::sys::{self, SetTime, XTarget};
+use crate::upper::{self, Upper};
+use crate::{whiteout, xattr};
+
+/// Attributes of a merged node, as shown to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Merged inode number (also the FUSE node id).
+    pub ino: u64,
+    /// Kind of node.
+    pub kind: Kind,
+    /// Permission bits (`0o7777`).
+    pub perm: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Access time.
+    pub atime: Timestamp,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Change time.
+    pub ctime: Timestamp,
+    /// Device number.
+    pub rdev: u64,
+}
+
+/// Who asks for an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    /// Caller's fs uid.
+    pub uid: u32,
+    /// Caller's fs gid.
+    pub gid: u32,
+    /// Caller's pid (0 if unknown).
+    pub pid: u32,
+}
+
+impl Ctx {
+    /// The context of the daemon itself.
+    pub fn current() -> Ctx {
+        Ctx { uid: sys::geteuid(), gid: sys::getegid(), pid: std::process::id() }
+    }
+}
+
+/// Changes requested by `setattr`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits (type bits ignored).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+    /// Open handle the change comes through, if any.
+    pub fh: Option<u64>,
+}
+
+/// Result of opening a file.
+#[derive(Debug)]
+pub struct Opened {
+    /// Handle number.
+    pub fh: u64,
+    /// The page cache of the file may be kept (always true: only this mount changes it).
+    pub keep_cache: bool,
+    /// Serve reads and writes through kernel passthrough to this file, if set.
+    pub passthrough: Option<Arc<File>>,
+}
+
+/// Copy-up depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Metadata only, if the configuration allows (data stays in the lower file).
+    Meta,
+    /// Metadata and data.
+    Data,
+}
+
+pub(crate) enum HFile {
+    Upper(Arc<File>),
+    Lower { f: Arc<dyn LowerFile>, gen: u64 },
+}
+
+pub(crate) struct Handle {
+    node: Arc<Node>,
+    file: RwLock<HFile>,
+    flags: i32,
+}
+
+/// What a lookup found.
+#[derive(Default)]
+pub(crate) struct Resolved {
+    pub(crate) kind: Option<Kind>,
+    pub(crate) ino: u64,
+    pub(crate) upper: bool,
+    pub(crate) origin: Option<LowerRef>,
+    pub(crate) lower_dirs: Vec<LowerRef>,
+    pub(crate) lpath: Option<Arc<[u8]>>,
+    pub(crate) metacopy: bool,
+    pub(crate) indexed: bool,
+    pub(crate) override_stat: Option<(u32, u32, u32)>,
+    pub(crate) dirfd: Option<OwnedFd>,
+    pub(crate) lower_attr: Option<LowerAttr>,
+}
+
+/// Result of merging one name over a list of lower directories.
+pub(crate) struct LowerHit {
+    pub(crate) top: Option<(usize, LowerEntry)>,
+    pub(crate) dirs: Vec<LowerRef>,
+}
+
+/// The merged filesystem.
+pub struct OverlayFs {
+    pub(crate) lowers: Vec<Arc<dyn Lower>>,
+    pub(crate) upper: Option<Upper>,
+    pub(crate) cfg: FsConfig,
+    pub(crate) nodes: NodeTable,
+    pub(crate) root_lower_dirs: Vec<LowerRef>,
+    handles: ShardedMap<Arc<Handle>>,
+    dir_handles: ShardedMap<Listing>,
+    next_fh: AtomicU64,
+    pub(crate) dircache: DirCache,
+    passthrough: AtomicBool,
+}
+
+impl std::fmt::Debug for OverlayFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlayFs")
+            .field("layers", &self.lowers.len())
+            .field("upper", &self.upper.is_some())
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+fn check_name(name: &OsStr) -> Result<()> {
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.is_empty() || name.as_bytes().contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+fn join_lpath(parent: Option<&Arc<[u8]>>, name: &OsStr) -> Arc<[u8]> {
+    let mut v = parent.map(|p| p.to_vec()).unwrap_or_default();
+    v.push(b'/');
+    v.extend_from_slice(name.as_bytes());
+    v.into()
+}
+
+fn parse_u64(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+/// Whether the process `pid` has `gid` among its groups.
+fn pid_in_group(pid: u32, gid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    s.lines()
+        .filter(|l| l.starts_with("Groups:") || l.starts_with("Gid:"))
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .any(|g| g.parse::<u32>().ok() == Some(gid))
+}
+
+impl OverlayFs {
+    /// A filesystem over `lowers` (top first) and an optional upper directory.
+    pub fn new(lowers: Vec<Arc<dyn Lower>>, upper: Option<Upper>, cfg: FsConfig) -> Result<OverlayFs> {
+        let nodes = NodeTable::new();
+        let mut root_lower_dirs = Vec::new();
+        for (i, l) in lowers.iter().enumerate() {
+            let r = l.root();
+            root_lower_dirs.push((i, r));
+            if l.is_opaque(r)? {
+                break;
+            }
+        }
+        let mut st = NodeState::new(ROOT_INO, OsString::new());
+        st.lpath = Some(Arc::from(&b""[..]));
+        if let Some(u) = &upper {
+            let fd = sys::open_dir(u.root_fd(), OsStr::new(""))?;
+            let names = sys::listxattr(XTarget::Fd(fd.as_raw_fd()))?;
+            if !upper::is_opaque(fd.as_raw_fd(), &names)? {
+                st.lower_dirs = root_lower_dirs.clone();
+            }
+            st.upper = true;
+            st.dirfd = Some(Arc::new(fd));
+        } else {
+            st.lower_dirs = root_lower_dirs.clone();
+        }
+        st.origin = st.lower_dirs.first().copied();
+        nodes.insert_root(Node::new(ROOT_INO, Kind::Dir, st));
+        let dircache = DirCache::new(cfg.dircache_dirs);
+        Ok(OverlayFs {
+            lowers,
+            upper,
+            cfg,
+            nodes,
+            root_lower_dirs,
+            handles: ShardedMap::new(),
+            dir_handles: ShardedMap::new(),
+            next_fh: AtomicU64::new(1),
+            dircache,
+            passthrough: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens the layers and upper directory named by a mount configuration.
+    pub fn from_config(cfg: &crate::config::MountConfig) -> std::result::Result<OverlayFs, crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        let mut lowers: Vec<Arc<dyn Lower>> = Vec::new();
+        for d in &cfg.lowerdirs {
+            let l = crate::dirlower::DirLower::open(d)
+                .map_err(|e| ConfigError(format!("lower directory {}: {e}", d.display())))?;
+            lowers.push(Arc::new(l));
+        }
+        let upper = match (&cfg.upperdir, &cfg.workdir) {
+            (Some(u), Some(w)) if !cfg.read_only => Some(Upper::open(u, w).map_err(|e| {
+                if e == Errno::EXDEV {
+                    ConfigError(format!(
+                        "upper directory {} and work directory {} must be on the same filesystem",
+                        u.display(),
+                        w.display()
+                    ))
+                } else {
+                    ConfigError(format!("upper directory {} / work directory {}: {e}", u.display(), w.display()))
+                }
+            })?),
+            _ => None,
+        };
+        let mut fcfg = cfg.fs.clone();
+        fcfg.writeback = crate::fuse::plan(cfg).writeback;
+        OverlayFs::new(lowers, upper, fcfg).map_err(|e| ConfigError(format!("cannot set up the merged root: {e}")))
+    }
+
+    /// Turns FUSE passthrough decisions on or off (the adapter turns it off when the kernel
+    /// refuses backing files).
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the mount has an upper directory.
+    pub fn is_writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    /// Number of live nodes (for tests and memory checks).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(crate) fn writable(&self) -> Result<&Upper> {
+        self.upper.as_ref().ok_or(Errno::EROFS)
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes.get(ino).ok_or(Errno::ENOENT)
+    }
+
+    pub(crate) fn dirfd_of(&self, ino: u64) -> Result<Arc<OwnedFd>> {
+        self.node(ino)?.st().dirfd.clone().ok_or(Errno::ENOENT)
+    }
+
+    // ---------------------------------------------------------------- lookup and merge
+
+    /// Merges `name` over the lower directories `dirs` (top first).
+    pub(crate) fn lower_merge(&self, dirs: &[LowerRef], name: &OsStr) -> Result<LowerHit> {
+        let mut hit = LowerHit { top: None, dirs: Vec::new() };
+        for &(layer, d) in dirs {
+            let l = &self.lowers[layer];
+            match l.lookup(d, name)? {
+                None => continue,
+                Some(e) if e.kind == Kind::Whiteout => break,
+                Some(e) => {
+                    if hit.top.is_none() {
+                        hit.top = Some((layer, e));
+                    }
+                    if e.kind != Kind::Dir {
+                        break;
+                    }
+                    hit.dirs.push((layer, e.ino));
+                    if l.is_opaque(e.ino)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(hit)
+    }
+
+    /// Whether some lower layer shows `name` in directory `parent` (ignoring the upper).
+    pub(crate) fn lower_visible(&self, parent: &Node, name: &OsStr) -> Result<bool> {
+        let dirs = parent.st().lower_dirs.clone();
+        Ok(self.lower_merge(&dirs, name)?.top.is_some())
+    }
+
+    /// Lower directories of the path `path` ("/a/b") in the lower stack.
+    pub(crate) fn lower_dirs_of_path(&self, path: &[u8]) -> Result<Vec<LowerRef>> {
+        let mut dirs = self.root_lower_dirs.clone();
+        for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+            if dirs.is_empty() {
+                break;
+            }
+            let hit = self.lower_merge(&dirs, OsStr::from_bytes(comp))?;
+            dirs = match hit.top {
+                Some((_, e)) if e.kind == Kind::Dir => hit.dirs,
+                _ => Vec::new(),
+            };
+        }
+        Ok(dirs)
+    }
+
+    /// Finds what `name` in `parent` is, without touching the node table.
+    pub(crate) fn resolve(&self, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
+        check_name(name)?;
+        if parent.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let (pdirfd, plower, plpath) = {
+            let s = parent.st();
+            if s.unlinked {
+                return Ok(None);
+            }
+            (s.dirfd.clone(), s.lower_dirs.clone(), s.lpath.clone())
+        };
+        if let Some(d) = &pdirfd {
+            let dfd = d.as_raw_fd();
+            if let Some(st) = sys::fstatat_opt(dfd, name)? {
+                if whiteout::is_whiteout(&st) {
+                    return Ok(None);
+                }
+                let kind = Kind::from_mode(st.st_mode).ok_or(Errno::EIO)?;
+                let names = sys::listxattr(XTarget::At(dfd, name)).unwrap_or_default();
+                let mut r = Resolved { kind: Some(kind), upper: true, ..Default::default() };
+                let get = |n: &str| -> Option<Vec<u8>> {
+                    if xattr::has(&names, n) {
+                        sys::getxattr(XTarget::At(dfd, name), OsStr::new(n)).ok().flatten()
+                    } else {
+                        None
+                    }
+                };
+                let origin_ino = get(xattr::ORIGIN).and_then(|v| parse_u64(&v));
+                r.ino = origin_ino.unwrap_or_else(|| self.nodes.inos.upper(st.st_ino));
+                r.origin = origin_ino.and_then(decode_lower).filter(|(l, _)| *l < self.lowers.len());
+                r.override_stat = get(xattr::OVERRIDE_STAT).and_then(|v| parse_override_stat(&v));
+                if kind == Kind::Dir {
+                    if let Some(n) = self.nodes.get(r.ino) {
+                        if n.kind == Kind::Dir && !n.st().unlinked {
+                            return Ok(Some(r));
+                        }
+                    }
+                    let fd = sys::open_dir(dfd, name)?;
+                    let opaque = upper::is_opaque(fd.as_raw_fd(), &names)?;
+                    let redirect = get(xattr::USER_REDIRECT).or_else(|| get(xattr::TRUSTED_REDIRECT));
+                    if let Some(rd) = redirect.filter(|_| self.cfg.redirect_dir || true) {
+                        let abs: Arc<[u8]> = if rd.first() == Some(&b'/') {
+                            rd.into()
+                        } else {
+                            join_lpath(plpath.as_ref(), OsStr::from_bytes(&rd))
+                        };
+                        if !opaque {
+                            r.lower_dirs = self.lower_dirs_of_path(&abs)?;
+                        }
+                        r.lpath = Some(abs);
+                    } else {
+                        if !opaque {
+                            let hit = self.lower_merge(&plower, name)?;
+                            if let Some((_, e)) = hit.top {
+                                if e.kind == Kind::Dir {
+                                    r.lower_dirs = hit.dirs;
+                                }
+                            }
+                        }
+                        r.lpath = Some(join_lpath(plpath.as_ref(), name));
+                    }
+                    if r.origin.is_none() {
+                        r.origin = r.lower_dirs.first().copied();
+                    }
+                    r.dirfd = Some(fd);
+                } else if kind == Kind::File {
+                    r.metacopy = (xattr::has(&names, xattr::USER_METACOPY)
+                        || xattr::has(&names, xattr::TRUSTED_METACOPY))
+                        && r.origin.is_some();
+                    if st.st_nlink > 1 && origin_ino.is_some() {
+                        if let Some(u) = &self.upper {
+                            if let Some(ist) = sys::fstatat_opt(u.index_fd(), &Upper::index_name(r.ino))? {
+                                r.indexed = ist.st_ino == st.st_ino;
+                            }
+                        }
+                    }
+                    if r.metacopy {
+                        // The lower layer only answers for numbers it has handed out: look
+                        // the data source up by name (a metacopy file never moves).
+                        let hit = self.lower_merge(&plower, name)?;
+                        r.metacopy = matches!((hit.top, r.origin), (Some((l, e)), Some((ol, oi))) if l == ol && e.ino == oi);
+                    }
+                }
+                return Ok(Some(r));
+            }
+        }
+        let hit = self.lower_merge(&plower, name)?;
+        let Some((layer, e)) = hit.top else { return Ok(None) };
+        if let Some(d) = &pdirfd {
+            if whiteout::has_oci_whiteout(d.as_raw_fd(), name)? {
+                return Ok(None);
+            }
+        }
+        let mut r = Resolved {
+            kind: Some(e.kind),
+            ino: self.nodes.inos.lower(layer, e.ino),
+            origin: Some((layer, e.ino)),
+            ..Default::default()
+        };
+        if e.kind == Kind::Dir {
+            r.lower_dirs = hit.dirs;
+            r.lpath = Some(join_lpath(plpath.as_ref(), name));
+        } else if let Some(n) = self.nodes.get(r.ino) {
+            if n.kind == e.kind && !n.st().unlinked {
+                return Ok(Some(r));
+            }
+        } else {
+            let la = self.lowers[layer].getattr(e.ino)?;
+            if e.kind == Kind::File && la.nlink > 1 && self.cfg.index {
+                if let Some(u) = &self.upper {
+                    r.indexed =
+                        sys::fstatat_opt(u.index_fd(), &Upper::index_name(r.ino))?.is_some();
+                    if r.indexed {
+                        let n = Upper::index_name(r.ino);
+                        let names = sys::listxattr(XTarget::At(u.index_fd(), &n)).unwrap_or_default();
+                        r.metacopy = xattr::has(&names, xattr::USER_METACOPY);
+                        if xattr::has(&names, xattr::OVERRIDE_STAT) {
+                            r.override_stat = sys::getxattr(XTarget::At(u.index_fd(), &n), OsStr::new(xattr::OVERRIDE_STAT))
+                                .ok()
+                                .flatten()
+                                .and_then(|v| parse_override_stat(&v));
+                        }
+                    }
+                }
+            }
+            r.lower_attr = Some(la);
+        }
+        Ok(Some(r))
+    }
+
+    /// Puts a resolved node in the table (or finds the live one), adding `refs` references.
+    pub(crate) fn instantiate(&self, parent: u64, name: &OsStr, r: Resolved, refs: u64) -> Result<Arc<Node>> {
+        let kind = r.kind.ok_or(Errno::EIO)?;
+        if let Some(n) = self.nodes.get(r.ino) {
+            if n.kind == kind && !n.st().unlinked {
+                n.refs.fetch_add(refs, Ordering::Relaxed);
+                let mut s = n.st_mut();
+                if !(s.parent == parent && s.name == name)
+                    && !s.aliases.iter().any(|(p, a)| *p == parent && a == name)
+                {
+                    s.aliases.push((parent, name.to_os_string()));
+                }
+                return Ok(n.clone());
+            }
+        }
+        let mut st = NodeState::new(parent, name.to_os_string());
+        st.upper = r.upper;
+        st.dirfd = r.dirfd.map(Arc::new);
+        st.origin = r.origin;
+        st.lower_dirs = r.lower_dirs;
+        st.lpath = r.lpath;
+        st.metacopy = r.metacopy;
+        st.indexed = r.indexed;
+        st.override_stat = r.override_stat;
+        let (n, _) = self.nodes.get_or_insert(Node::new(r.ino, kind, st), refs);
+        Ok(n)
+    }
+
+    /// Looks `name` up in `parent` without adding a kernel reference.
+    pub(crate) fn child(&self, parent: &Arc<Node>, name: &OsStr) -> Result<Option<Arc<Node>>> {
+        match self.resolve(parent, name)? {
+            None => Ok(None),
+            Some(r) => Ok(Some(self.instantiate(parent.ino, name, r, 0)?)),
+        }
+    }
+
+    /// FUSE `lookup`: finds `name` in `parent` and takes one kernel reference on it.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let p = self.node(parent)?;
+        if name == "." {
+            let a = self.attr_of(&p, None)?;
+            p.refs.fetch_add(1, Ordering::Relaxed);
+            return Ok(a);
+        }
+        if name == ".." {
+            let pp = self.node(p.st().parent)?;
+            let a = self.attr_of(&pp, None)?;
+            pp.refs.fetch_add(1, Ordering::Relaxed);
+            return Ok(a);
+        }
+        let r = self.resolve(&p, name)?.ok_or(Errno::ENOENT)?;
+        let la = r.lower_attr.clone();
+        let n = self.instantiate(parent, name, r, 1)?;
+        match self.attr_of(&n, la) {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                self.nodes.forget(n.ino, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// FUSE `forget`: drops `n` kernel references.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.nodes.forget(ino, n);
+    }
+
+    // ---------------------------------------------------------------- attributes
+
+    /// Location of a node's upper inode: (dir fd holder, raw fd, name; empty for a dir).
+    pub(crate) fn upper_loc(&self, node: &Node) -> Result<(Option<Arc<OwnedFd>>, RawFd, OsString)> {
+        let s = node.st();
+        if node.kind == Kind::Dir {
+            let d = s.dirfd.clone().ok_or(Errno::ENOENT)?;
+            let raw = d.as_raw_fd();
+            return Ok((Some(d), raw, OsString::new()));
+        }
+        if s.indexed {
+            let u = self.upper.as_ref().ok_or(Errno::EIO)?;
+            return Ok((None, u.index_fd(), Upper::index_name(node.ino)));
+        }
+        if !s.upper {
+            return Err(Errno::ENOENT);
+        }
+        let (parent, name) = (s.parent, s.name.clone());
+        drop(s);
+        let d = self.dirfd_of(parent)?;
+        let raw = d.as_raw_fd();
+        Ok((Some(d), raw, name))
+    }
+
+    /// Whether the node has an upper inode (metadata in the upper).
+    pub(crate) fn has_upper(node: &Node) -> bool {
+        let s = node.st();
+        if node.kind == Kind::Dir {
+            s.dirfd.is_some()
+        } else {
+            s.upper || s.indexed
+        }
+    }
+
+    fn raw_attr(&self, node: &Node, prefetched: Option<LowerAttr>) -> Result<Attr> {
+        let (ovr, origin, ndirs, indexed) = {
+            let s = node.st();
+            (s.override_stat, s.origin, s.lower_dirs.len(), s.indexed)
+        };
+        let mut a = if Self::has_upper(node) {
+            let (_hold, fd, name) = self.upper_loc(node)?;
+            let st = sys::fstatat(fd, &name)?;
+            let mut la = attr_from_stat(&st);
+            if indexed {
+                la.nlink = sys::getxattr(XTarget::At(fd, &name), OsStr::new(xattr::NLINK))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| parse_u64(&v))
+                    .map(|n| n as u32)
+                    .unwrap_or(la.nlink.saturating_sub(1));
+            }
+            la
+        } else {
+            let (layer, lino) = origin.ok_or(Errno::EIO)?;
+            match prefetched {
+                Some(a) => a,
+                None => self.lowers[layer].getattr(lino)?,
+            }
+        };
+        if let Some((uid, gid, mode)) = ovr {
+            a.uid = uid;
+            a.gid = gid;
+            a.perm = mode & 0o7777;
+        }
+        if node.kind == Kind::Dir {
+            let layers = ndirs + usize::from(Self::has_upper(node));
+            if layers > 1 {
+                a.nlink = 1;
+            }
+        }
+        a.kind = node.kind;
+        Ok(Attr {
+            ino: node.ino,
+            kind: node.kind,
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            size: a.size,
+            blocks: a.blocks,
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            rdev: a.rdev,
+        })
+    }
+
+    fn attr_of(&self, node: &Node, prefetched: Option<LowerAttr>) -> Result<Attr> {
+        let mut a = self.raw_attr(node, prefetched)?;
+        if let Some(u) = self.cfg.squash_uid {
+            a.uid = u;
+        }
+        if let Some(g) = self.cfg.squash_gid {
+            a.gid = g;
+        }
+        Ok(a)
+    }
+
+    /// FUSE `getattr`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let n = self.node(ino)?;
+        self.attr_of(&n, None)
+    }
+
+    /// Sets owner and mode of a freshly made upper inode (or an existing one); without
+    /// privilege, what cannot be set is kept in `user.containers.override_stat`.
+    pub(crate) fn set_owner_mode(
+        &self,
+        fd: RawFd,
+        name: &OsStr,
+        kind: Kind,
+        uid: u32,
+        gid: u32,
+        perm: u32,
+    ) -> Result<Option<(u32, u32, u32)>> {
+        let u = self.writable()?;
+        if u.privileged {
+            sys::fchownat(fd, name, uid, gid)?;
+            if kind != Kind::Symlink {
+                sys::fchmodat(fd, name, perm)?;
+            }
+            return Ok(None);
+        }
+        let chown_ok = (uid == sys::geteuid() && gid == sys::getegid())
+            || sys::fchownat(fd, name, uid, gid).is_ok();
+        let owner_bits = if kind == Kind::Dir { 0o700 } else { 0o600 };
+        let real = perm | owner_bits;
+        if kind != Kind::Symlink {
+            sys::fchmodat(fd, name, real)?;
+        }
+        let t = XTarget::At(fd, name);
+        if !chown_ok || real != perm {
+            let v = format!("{uid}:{gid}:{:o}", kind.mode_bits() | perm);
+            let _ = sys::setxattr(t, OsStr::new(xattr::OVERRIDE_STAT), v.as_bytes(), 0);
+            Ok(Some((uid, gid, perm)))
+        } else {
+            let _ = sys::removexattr(t, OsStr::new(xattr::OVERRIDE_STAT));
+            Ok(None)
+        }
+    }
+
+    /// FUSE `setattr`.
+    pub fn setattr(&self, ino: u64, sa: SetAttr) -> Result<Attr> {
+        self.writable()?;
+        let node = self.node(ino)?;
+        let nonzero_size = matches!(sa.size, Some(s) if s > 0);
+        if sa.size.is_some() && node.kind == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        self.copy_up(&node, if nonzero_size { CopyMode::Data } else { CopyMode::Meta })?;
+        if sa.size == Some(0) && node.st().metacopy {
+            self.drop_metacopy_by_truncate(&node)?;
+        }
+        let (_hold, fd, name) = self.upper_loc(&node)?;
+        if sa.uid.is_some() || sa.gid.is_some() || sa.mode.is_some() {
+            let cur = self.raw_attr(&node, None)?;
+            let uid = sa.uid.unwrap_or(cur.uid);
+            let gid = sa.gid.unwrap_or(cur.gid);
+            let mut perm = sa.mode.map(|m| m & 0o7777).unwrap_or(cur.perm);
+            if (sa.uid.is_some() || sa.gid.is_some()) && sa.mode.is_none() && node.kind != Kind::Dir {
+                // chown clears set-id bits on non-directories
+                if (sa.uid.is_some() && sa.uid != Some(cur.uid)) || (sa.gid.is_some() && sa.gid != Some(cur.gid)) {
+                    perm &= !(libc::S_ISUID | if perm & 0o010 != 0 { libc::S_ISGID } else { 0 });
+                }
+            }
+            let privileged = self.writable()?.privileged;
+            let had_override = node.st().override_stat.is_some();
+            if privileged && had_override {
+                let _ = sys::removexattr(XTarget::At(fd, &name), OsStr::new(xattr::OVERRIDE_STAT));
+                sys::fchownat(fd, &name, uid, gid)?;
+                if node.kind != Kind::Symlink {
+                    sys::fchmodat(fd, &name, perm)?;
+                }
+                node.st_mut().override_stat = None;
+            } else if privileged {
+                if sa.uid.is_some() || sa.gid.is_some() {
+                    sys::fchownat(fd, &name, sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
+                }
+                if node.kind != Kind::Symlink && (sa.mode.is_some() || perm != cur.perm) {
+                    sys::fchmodat(fd, &name, perm)?;
+                }
+            } else {
+                let ovr = self.set_owner_mode(fd, &name, node.kind, uid, gid, perm)?;
+                node.st_mut().override_stat = ovr;
+            }
+        }
+        if let Some(size) = sa.size {
+            let via_handle = sa.fh.and_then(|fh| self.handles.get(fh)).and_then(|h| {
+                match &*h.file.read().unwrap_or_else(|e| e.into_inner()) {
+                    HFile::Upper(f) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => Some(f.clone()),
+                    _ => None,
+                }
+            });
+            match via_handle {
+                Some(f) => sys::ftruncate(f.as_raw_fd(), size)?,
+                None => {
+                    let f = sys::openat(fd, &name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                    sys::ftruncate(f.as_raw_fd(), size)?;
+                }
+            }
+        }
+        if sa.atime.is_some() || sa.mtime.is_some() {
+            sys::utimensat(
+                fd,
+                &name,
+                sa.atime.unwrap_or(SetTime::Omit),
+                sa.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        self.attr_of(&node, None)
+    }
+
+    /// FUSE `readlink`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        if Self::has_upper(&node) {
+            let (_h, fd, name) = self.upper_loc(&node)?;
+            return sys::readlinkat(fd, &name);
+        }
+        let (l, i) = node.st().origin.ok_or(Errno::EIO)?;
+        self.lowers[l].readlink(i)
+    }
+
+    // ---------------------------------------------------------------- creation
+
+    /// Checks `name` is free in `parent`, copies the parent up, and says whether the upper
+    /// holds a whiteout at `name`.
+    fn prepare_create(&self, parent: &Arc<Node>, name: &OsStr) -> Result<(Arc<OwnedFd>, bool)> {
+        self.writable()?;
+        check_name(name)?;
+        if parent.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if parent.st().unlinked {
+            return Err(Errno::ENOENT);
+        }
+        if self.resolve(parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let dirfd = self.copy_up_dir_chain(parent)?;
+        let wh = match sys::fstatat_opt(dirfd.as_raw_fd(), name)? {
+            Some(st) if whiteout::is_whiteout(&st) => true,
+            Some(_) => return Err(Errno::EEXIST),
+            None => false,
+        };
+        Ok((dirfd, wh))
+    }
+
+    /// Owner, group and mode of a new node in `parent` (setgid directories pass their group
+    /// on, and the set-gid bit to subdirectories).
+    fn new_owner(&self, parent: &Node, ctx: Ctx, kind: Kind, mode: u32) -> Result<(u32, u32, u32)> {
+        let pa = self.raw_attr(parent, None)?;
+        let mut perm = mode & 0o7777;
+        let gid = if pa.perm & libc::S_ISGID != 0 {
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID;
+            }
+            pa.gid
+        } else {
+            ctx.gid
+        };
+        if kind != Kind::Dir
+            && perm & libc::S_ISGID != 0
+            && ctx.uid != 0
+            && gid != ctx.gid
+            && !(ctx.pid != 0 && pid_in_group(ctx.pid, gid))
+        {
+            perm &= !libc::S_ISGID;
+        }
+        Ok((ctx.uid, gid, perm))
+    }
+
+    /// Makes a node `name` in `parent` with `make(dirfd, name)`, then sets owner and mode.
+    /// Over a whiteout, the node is built in the work directory and renamed into place.
+    fn create_node(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        kind: Kind,
+        mode: u32,
+        ctx: Ctx,
+        make: &dyn Fn(RawFd, &OsStr) -> Result<Option<OwnedFd>>,
+    ) -> Result<(Arc<Node>, Option<OwnedFd>)> {
+        let (dirfd, wh) = self.prepare_create(parent, name)?;
+        let u = self.writable()?;
+        let (uid, gid, perm) = self.new_owner(parent, ctx, kind, mode)?;
+        let dfd = dirfd.as_raw_fd();
+        let (fd, ovr) = if wh {
+            let tmp = u.tmp_name();
+            let work = u.work_fd();
+            let built = (|| -> Result<(Option<OwnedFd>, Option<(u32, u32, u32)>)> {
+                let fd = make(work, &tmp)?;
+                let ovr = self.set_owner_mode(work, &tmp, kind, uid, gid, perm)?;
+                if kind == Kind::Dir {
+                    let d = sys::open_dir(work, &tmp)?;
+                    upper::set_opaque(d.as_raw_fd())?;
+                    sys::renameat2(work, &tmp, dfd, name, libc::RENAME_EXCHANGE)?;
+                    sys::unlinkat(work, &tmp, 0)?;
+                } else {
+                    sys::renameat2(work, &tmp, dfd, name, 0)?;
+                }
+                Ok((fd, ovr))
+            })();
+            match built {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = upper::remove_tree(work, &tmp);
+                    return Err(e);
+                }
+            }
+        } else {
+            let fd = make(dfd, name)?;
+            match self.set_owner_mode(dfd, name, kind, uid, gid, perm) {
+                Ok(ovr) => (fd, ovr),
+                Err(e) => {
+                    let _ = upper::remove_tree(dfd, name);
+                    return Err(e);
+                }
+            }
+        };
+        self.dircache.invalidate(parent.ino);
+        let st = sys::fstatat(dfd, name)?;
+        let mut r = Resolved {
+            kind: Some(kind),
+            ino: self.nodes.inos.upper(st.st_ino),
+            upper: true,
+            override_stat: ovr,
+            ..Default::default()
+        };
+        if kind == Kind::Dir {
+            r.dirfd = Some(sys::open_dir(dfd, name)?);
+            r.lpath = Some(join_lpath(parent.st().lpath.as_ref(), name));
+        }
+        let n = self.instantiate(parent.ino, name, r, 1)?;
+        Ok((n, fd))
+    }
+
+    /// FUSE `mknod` (regular files, devices, fifos, sockets).
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, ctx: Ctx) -> Result<Attr> {
+        let p = self.node(parent)?;
+        let kind = Kind::from_mode(mode).unwrap_or(Kind::File);
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        let (n, _) = self.create_node(&p, name, kind, mode, ctx, &|d, nm| {
+            sys::mknodat(d, nm, kind.mode_bits() | 0o600, rdev)?;
+            Ok(None)
+        })?;
+        self.attr_of(&n, None)
+    }
+
+    /// FUSE `mkdir`.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, ctx: Ctx) -> Result<Attr> {
+        let p = self.node(parent)?;
+        let (n, _) = self.create_node(&p, name, Kind::Dir, mode, ctx, &|d, nm| {
+            sys::mkdirat(d, nm, 0o700)?;
+            Ok(None)
+        })?;
+        self.attr_of(&n, None)
+    }
+
+    /// FUSE `symlink`.
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, ctx: Ctx) -> Result<Attr> {
+        let p = self.node(parent)?;
+        let (n, _) = self.create_node(&p, name, Kind::Symlink, 0o777, ctx, &|d, nm| {
+            sys::symlinkat(target, d, nm)?;
+            Ok(None)
+        })?;
+        self.attr_of(&n, None)
+    }
+
+    /// FUSE `create`: makes and opens a regular file.
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, ctx: Ctx) -> Result<(Attr, Opened)> {
+        let p = self.node(parent)?;
+        let oflags = self.upper_open_flags(flags);
+        let (n, fd) = self.create_node(&p, name, Kind::File, mode, ctx, &|d, nm| {
+            let fd = sys::openat(d, nm, oflags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)?;
+            Ok(Some(fd))
+        })?;
+        let attr = self.attr_of(&n, None)?;
+        let file = Arc::new(File::from(fd.ok_or(Errno::EIO)?));
+        let opened = self.register_handle(&n, HFile::Upper(file.clone()), flags, Some(file), true)?;
+        Ok((attr, opened))
+    }
+
+    /// FUSE `link`: a new name `newname` in `newparent` for node `ino`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        let u = self.writable()?;
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(Errno::EPERM);
+        }
+        let np = self.node(newparent)?;
+        let (dirfd, wh) = self.prepare_create(&np, newname)?;
+        self.copy_up(&node, CopyMode::Meta)?;
+        if !node.st().indexed {
+            // a metadata-only copy must stay at its lower name: bring the data
+            self.copy_up(&node, CopyMode::Data)?;
+        }
+        let (_h, sfd, sname) = self.upper_loc(&node)?;
+        let dfd = dirfd.as_raw_fd();
+        if wh {
+            let tmp = u.tmp_name();
+            sys::linkat(sfd, &sname, u.work_fd(), &tmp)?;
+            if let Err(e) = sys::renameat2(u.work_fd(), &tmp, dfd, newname, 0) {
+                let _ = sys::unlinkat(u.work_fd(), &tmp, 0);
+                return Err(e);
+            }
+        } else {
+            sys::linkat(sfd, &sname, dfd, newname)?;
+        }
+        if node.st().indexed {
+            self.adjust_index_nlink(&node, 1)?;
+        }
+        {
+            let mut s = node.st_mut();
+            s.aliases.push((newparent, newname.to_os_string()));
+        }
+        node.refs.fetch_add(1, Ordering::Relaxed);
+        self.dircache.invalidate(newparent);
+        self.attr_of(&node, None)
+    }
+
+    pub(crate) fn adjust_index_nlink(&self, node: &Node, delta: i64) -> Result<u64> {
+        let u = self.writable()?;
+        let name = Upper::index_name(node.ino);
+        let t = XTarget::At(u.index_fd(), &name);
+        let cur = sys::getxattr(t, OsStr::new(xattr::NLINK))?.and_then(|v| parse_u64(&v)).unwrap_or(1);
+        let next = (cur as i64 + delta).max(0) as u64;
+        if next == 0 {
+            let _ = sys::unlinkat(u.index_fd(), &name, 0);
+        } else {
+            sys::setxattr(t, OsStr::new(xattr::NLINK), next.to_string().as_bytes(), 0)?;
+        }
+        Ok(next)
+    }
+
+    // ---------------------------------------------------------------- removal
+
+    /// Forgets the name (`parent`, `name`) of `node` after it left the merged tree.
+    fn drop_name(&self, node: &Arc<Node>, parent: u64, name: &OsStr) -> Result<()> {
+        if node.st().indexed {
+            self.adjust_index_nlink(node, -1)?;
+        }
+        let mut s = node.st_mut();
+        if s.parent == parent && s.name == name {
+            if let Some((p, a)) = s.aliases.pop() {
+                let old_parent = s.parent;
+                s.parent = p;
+                s.name = a;
+                let promoted_upper = match self.nodes.get(p).and_then(|pn| pn.st().dirfd.clone()) {
+                    Some(d) => matches!(sys::fstatat_opt(d.as_raw_fd(), &s.name), Ok(Some(st)) if !whiteout::is_whiteout(&st)),
+                    None => false,
+                };
+                s.upper = promoted_upper;
+                drop(s);
+                self.nodes.repin(old_parent, p);
+                return Ok(());
+            }
+            s.unlinked = true;
+            s.upper = false;
+            s.dirfd = None;
+        } else {
+            s.aliases.retain(|(p, a)| !(*p == parent && a == name));
+        }
+        Ok(())
+    }
+
+    /// FUSE `unlink`.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let u = self.writable()?;
+        let p = self.node(parent)?;
+        let node = self.child(&p, name)?.ok_or(Errno::ENOENT)?;
+        if node.kind == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let dirfd = self.copy_up_dir_chain(&p)?;
+        let dfd = dirfd.as_raw_fd();
+        let in_upper = matches!(sys::fstatat_opt(dfd, name)?, Some(st) if !whiteout::is_whiteout(&st));
+        let lower = self.lower_visible(&p, name)?;
+        match (in_upper, lower) {
+            (true, true) => u.replace_with_whiteout(dfd, name, false)?,
+            (true, false) => sys::unlinkat(dfd, name, 0)?,
+            (false, true) => u.create_whiteout(dfd, name)?,
+            (false, false) => return Err(Errno::ENOENT),
+        }
+        self.dircache.invalidate(parent);
+        self.drop_name(&node, parent, name)
+    }
+
+    /// FUSE `rmdir`.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let u = self.writable()?;
+        let p = self.node(parent)?;
+        if name == "." {
+            return Err(Errno::EINVAL);
+        }
+        if name == ".." {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let node = self.child(&p, name)?.ok_or(Errno::ENOENT)?;
+        if node.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if !self.listing(&node)?.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let dirfd = self.copy_up_dir_chain(&p)?;
+        let dfd = dirfd.as_raw_fd();
+        let in_upper = matches!(sys::fstatat_opt(dfd, name)?, Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let lower = self.lower_visible(&p, name)?;
+        if in_upper {
+            if lower {
+                u.replace_with_whiteout(dfd, name, true)?;
+            } else {
+                if let Some(d) = node.st().dirfd.clone() {
+                    upper::clear_dir(d.as_raw_fd())?;
+                }
+                sys::unlinkat(dfd, name, libc::AT_REMOVEDIR)?;
+            }
+        } else if lower {
+            u.create_whiteout(dfd, name)?;
+        } else {
+            return Err(Errno::ENOENT);
+        }
+        self.dircache.invalidate(parent);
+        self.dircache.invalidate(node.ino);
+        let mut s = node.st_mut();
+        s.unlinked = true;
+        s.upper = false;
+        s.dirfd = None;
+        s.lower_dirs.clear();
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- rename
+
+    /// Makes sure the name (`parent`, `name`) of `node` exists in the upper directory.
+    fn ensure_upper_name(&self, node: &Arc<Node>, parent: &Node, name: &OsStr) -> Result<()> {
+        let dirfd = parent.st().dirfd.clone().ok_or(Errno::EIO)?;
+        if matches!(sys::fstatat_opt(dirfd.as_raw_fd(), name)?, Some(st) if !whiteout::is_whiteout(&st)) {
+            return Ok(());
+        }
+        if node.st().indexed {
+            let u = self.writable()?;
+            return sys::linkat(u.index_fd(), &Upper::index_name(node.ino), dirfd.as_raw_fd(), name);
+        }
+        {
+            let mut s = node.st_mut();
+            if !(s.parent == parent.ino && s.name == name) {
+                // copy up under this name
+                let old = (s.parent, std::mem::replace(&mut s.name, name.to_os_string()));
+                s.parent = parent.ino;
+                s.aliases.retain(|(p, a)| !(*p == parent.ino && a == name));
+                s.aliases.push(old);
+            }
+        }
+        self.copy_up(node, CopyMode::Meta)?;
+        if node.st().indexed {
+            return self.ensure_upper_name(node, parent, name);
+        }
+        Ok(())
+    }
+
+    /// Prepares a directory that moves to (`np`, `nname`): a redirect if it has lower parts,
+    /// or opaque if lower layers show something at its new name.
+    fn prepare_moved_dir(&self, dir: &Node, np: &Node, nname: &OsStr) -> Result<()> {
+        let (fd, has_lower, lpath) = {
+            let s = dir.st();
+            (s.dirfd.clone().ok_or(Errno::EIO)?, !s.lower_dirs.is_empty(), s.lpath.clone())
+        };
+        let names = sys::listxattr(XTarget::Fd(fd.as_raw_fd())).unwrap_or_default();
+        if has_lower {
+            if !xattr::has(&names, xattr::USER_REDIRECT) && !xattr::has(&names, xattr::TRUSTED_REDIRECT) {
+                let lp = lpath.ok_or(Errno::EIO)?;
+                sys::setxattr(XTarget::Fd(fd.as_raw_fd()), OsStr::new(xattr::USER_REDIRECT), &lp, 0)?;
+            }
+        } else if self.lower_visible(np, nname)? && !upper::is_opaque(fd.as_raw_fd(), &names)? {
+            upper::set_opaque(fd.as_raw_fd())?;
+        }
+        Ok(())
+    }
+
+    /// FUSE `rename` (flags: `RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+        let u = self.writable()?;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0
+            || flags == libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE
+        {
+            return Err(Errno::EINVAL);
+        }
+        check_name(newname)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let op = self.node(parent)?;
+        let np = self.node(newparent)?;
+        let src = self.child(&op, name)?.ok_or(Errno::ENOENT)?;
+        let dst = self.child(&np, newname)?;
+        if parent == newparent && name == newname {
+            return Ok(());
+        }
+        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if let Some(d) = &dst {
+            if d.ino == src.ino && !exchange {
+                return Ok(());
+            }
+            if !exchange {
+                if src.kind == Kind::Dir && d.kind != Kind::Dir {
+                    return Err(Errno::ENOTDIR);
+                }
+                if src.kind != Kind::Dir && d.kind == Kind::Dir {
+                    return Err(Errno::EISDIR);
+                }
+                if d.kind == Kind::Dir && !self.listing(d)?.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+            }
+        }
+        let moving_lower_dir = |n: &Node| n.kind == Kind::Dir && !n.st().lower_dirs.is_empty();
+        if !self.cfg.redirect_dir
+            && (moving_lower_dir(&src) || (exchange && dst.as_ref().is_some_and(|d| moving_lower_dir(d))))
+        {
+            return Err(Errno::EXDEV);
+        }
+        let odir = self.copy_up_dir_chain(&op)?;
+        let ndir = self.copy_up_dir_chain(&np)?;
+        let (ofd, nfd) = (odir.as_raw_fd(), ndir.as_raw_fd());
+        self.ensure_upper_name(&src, &op, name)?;
+        if src.kind == Kind::File && !src.st().indexed {
+            self.copy_up(&src, CopyMode::Data)?;
+        }
+        if src.kind == Kind::Dir {
+            self.prepare_moved_dir(&src, &np, newname)?;
+        }
+        if exchange {
+            let d = dst.as_ref().ok_or(Errno::ENOENT)?;
+            self.ensure_upper_name(d, &np, newname)?;
+            if d.kind == Kind::File && !d.st().indexed {
+                self.copy_up(d, CopyMode::Data)?;
+            }
+            if d.kind == Kind::Dir {
+                self.prepare_moved_dir(d, &op, name)?;
+            }
+            sys::renameat2(ofd, name, nfd, newname, libc::RENAME_EXCHANGE)?;
+        } else {
+            if let Some(d) = &dst {
+                if d.kind == Kind::Dir {
+                    if let Some(fd) = d.st().dirfd.clone() {
+                        upper::clear_dir(fd.as_raw_fd())?;
+                    }
+                }
+            }
+            let need_wh = self.lower_visible(&op, name)?;
+            // Anything left at the new name in the upper (a whiteout) is replaced; a
+            // whiteout cannot be replaced by a directory through rename(2), so drop it.
+            if src.kind == Kind::Dir {
+                if let Some(st) = sys::fstatat_opt(nfd, newname)? {
+                    if whiteout::is_whiteout(&st) {
+                        sys::unlinkat(nfd, newname, 0)?;
+                    }
+                }
+            }
+            if need_wh {
+                match sys::renameat2(ofd, name, nfd, newname, libc::RENAME_WHITEOUT) {
+                    Ok(()) => {}
+                    Err(Errno(libc::EINVAL)) | Err(Errno(libc::EPERM)) => {
+                        sys::renameat2(ofd, name, nfd, newname, 0)?;
+                        u.create_whiteout(ofd, name)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                sys::renameat2(ofd, name, nfd, newname, 0)?;
+            }
+        }
+        self.dircache.invalidate(parent);
+        self.dircache.invalidate(newparent);
+        // bookkeeping
+        if let Some(d) = &dst {
+            if exchange {
+                self.rename_name(d, newparent, newname, parent, name);
+            } else {
+                if d.kind == Kind::Dir {
+                    self.dircache.invalidate(d.ino);
+                    let mut s = d.st_mut();
+                    s.unlinked = true;
+                    s.upper = false;
+                    s.dirfd = None;
+                } else {
+                    self.drop_name(d, newparent, newname)?;
+                }
+            }
+        }
+        self.rename_name(&src, parent, name, newparent, newname);
+        Ok(())
+    }
+
+    fn rename_name(&self, node: &Arc<Node>, op: u64, oname: &OsStr, np: u64, nname: &OsStr) {
+        let mut s = node.st_mut();
+        if s.parent == op && s.name == oname {
+            s.parent = np;
+            s.name = nname.to_os_string();
+            s.upper = true;
+            drop(s);
+            self.nodes.repin(op, np);
+        } else {
+            for (p, a) in s.aliases.iter_mut() {
+                if *p == op && a == oname {
+                    *p = np;
+                    *a = nname.to_os_string();
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- files
+
+    fn upper_open_flags(&self, flags: i32) -> i32 {
+        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+        let mut f = flags & keep;
+        if self.cfg.writeback {
+            f &= !libc::O_APPEND;
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+        }
+        f & !libc::O_NOATIME
+    }
+
+    fn open_upper_data(&self, node: &Node, flags: i32) -> Result<File> {
+        let (_h, fd, name) = self.upper_loc(node)?;
+        let f = self.upper_open_flags(flags) | libc::O_NOFOLLOW;
+        match sys::openat(fd, &name, f, 0) {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(Errno(libc::EACCES)) if self.cfg.writeback && flags & libc::O_ACCMODE == libc::O_WRONLY => {
+                let f = (f & !libc::O_ACCMODE) | libc::O_WRONLY;
+                Ok(File::from(sys::openat(fd, &name, f, 0)?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn register_handle(
+        &self,
+        node: &Arc<Node>,
+        file: HFile,
+        flags: i32,
+        backing: Option<Arc<File>>,
+        upper_backing: bool,
+    ) -> Result<Opened> {
+        let pt_on = self.passthrough.load(Ordering::Relaxed);
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let mode = {
+            let mut o = node.opens.lock().unwrap_or_else(|e| e.into_inner());
+            let mode = if o.count == 0 {
+                if pt_on && backing.is_some() { Some(upper_backing) } else { None }
+            } else {
+                match o.passthrough {
+                    Some(false) if write || upper_backing => return Err(Errno::ETXTBSY),
+                    m => m,
+                }
+            };
+            o.count += 1;
+            o.passthrough = mode;
+            mode
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.with_mut(fh, |m| {
+            m.insert(fh, Arc::new(Handle { node: node.clone(), file: RwLock::new(file), flags }))
+        });
+        Ok(Opened { fh, keep_cache: true, passthrough: if mode.is_some() { backing } else { None } })
+    }
+
+    /// The adapter could not set up passthrough for this open: serve it through the cache.
+    pub fn passthrough_refused(&self, fh: u64) {
+        if let Some(h) = self.handles.get(fh) {
+            let mut o = h.node.opens.lock().unwrap_or_else(|e| e.into_inner());
+            if o.count <= 1 {
+                o.passthrough = None;
+            }
+        }
+    }
+
+    /// FUSE `open` (regular files).
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        let node = self.node(ino)?;
+        match node.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(Errno::EISDIR),
+            _ => return Err(Errno::EINVAL),
+        }
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let trunc = flags & libc::O_TRUNC != 0;
+        if write || trunc {
+            self.writable()?;
+            if trunc && write {
+                self.copy_up(&node, CopyMode::Meta)?;
+                if node.st().metacopy {
+                    self.drop_metacopy_by_truncate(&node)?;
+                }
+            }
+            self.copy_up(&node, CopyMode::Data)?;
+        }
+        let (in_upper, origin, gen) = {
+            let s = node.st();
+            (s.data_in_upper(), s.origin, s.data_gen)
+        };
+        if in_upper {
+            let f = Arc::new(self.open_upper_data(&node, flags)?);
+            return self.register_handle(&node, HFile::Upper(f.clone()), flags, Some(f), true);
+        }
+        let (l, i) = origin.ok_or(Errno::EIO)?;
+        let lf: Arc<dyn LowerFile> = Arc::from(self.lowers[l].open(i)?);
+        let backing = lf.backing_file().and_then(|f| f.try_clone().ok()).map(Arc::new);
+        self.register_handle(&node, HFile::Lower { f: lf, gen }, flags, backing, false)
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handles.get(fh).ok_or(Errno::EBADF)
+    }
+
+    /// Switches a handle reading lower data to the upper file after a data copy-up.
+    fn refresh_handle(&self, h: &Handle) -> Result<()> {
+        let stale = match &*h.file.read().unwrap_or_else(|e| e.into_inner()) {
+            HFile::Lower { gen, .. } => {
+                let s = h.node.st();
+                s.data_in_upper() && s.data_gen != *gen
+            }
+            HFile::Upper(_) => false,
+        };
+        if stale {
+            let f = self.open_upper_data(&h.node, libc::O_RDONLY)?;
+            *h.file.write().unwrap_or_else(|e| e.into_inner()) = HFile::Upper(Arc::new(f));
+        }
+        Ok(())
+    }
+
+    /// FUSE `read`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        self.refresh_handle(&h)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = match &*h.file.read().unwrap_or_else(|e| e.into_inner()) {
+            HFile::Upper(f) => sys::pread_full(f.as_raw_fd(), &mut buf, offset)?,
+            HFile::Lower { f, .. } => {
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                done
+            }
+        };
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn upper_file(&self, h: &Handle) -> Result<Arc<File>> {
+        match &*h.file.read().unwrap_or_else(|e| e.into_inner()) {
+            HFile::Upper(f) => Ok(f.clone()),
+            HFile::Lower { .. } => Err(Errno::EBADF),
+        }
+    }
+
+    /// FUSE `write`.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let h = self.handle(fh)?;
+        let f = self.upper_file(&h)?;
+        sys::pwrite_all(f.as_raw_fd(), data, offset)
+    }
+
+    /// FUSE `flush` (nothing is buffered in the daemon).
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        self.handle(fh).map(|_| ())
+    }
+
+    /// FUSE `fsync`.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let h = self.handle(fh)?;
+        let r = match &*h.file.read().unwrap_or_else(|e| e.into_inner()) {
+            HFile::Upper(f) => sys::fsync(f.as_raw_fd(), datasync),
+            HFile::Lower { .. } => Ok(()),
+        };
+        r
+    }
+
+    /// FUSE `release`. Returns `Some(ino)` when the last passthrough open of that node
+    /// closed (the adapter then drops its backing file).
+    pub fn release(&self, fh: u64) -> Option<u64> {
+        let h = self.handles.with_mut(fh, |m| m.remove(&fh))?;
+        let mut o = h.node.opens.lock().unwrap_or_else(|e| e.into_inner());
+        o.count = o.count.saturating_sub(1);
+        if o.count == 0 && o.passthrough.take().is_some() {
+            return Some(h.node.ino);
+        }
+        None
+    }
+
+    /// FUSE `fallocate`.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        self.writable()?;
+        let h = self.handle(fh)?;
+        let f = self.upper_file(&h)?;
+        sys::fallocate(f.as_raw_fd(), mode, offset, len)
+    }
+
+    /// FUSE `lseek` (`SEEK_DATA` / `SEEK_HOLE` and the plain forms).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.handle(fh)?;
+        self.refresh_handle(&h)?;
+        let size = self.attr_of(&h.node, None)?.size as i64;
+        let fd = match &*h.file.read().unwrap_or_else(|e| e.into_inner()) {
+            HFile::Upper(f) => Some(f.as_raw_fd()),
+            HFile::Lower { f, .. } => f.backing_file().map(|b| b.as_raw_fd()),
+        };
+        if let Some(fd) = fd {
+            return sys::lseek(fd, offset, whence);
+        }
+        match whence {
+            libc::SEEK_SET => Ok(offset),
+            libc::SEEK_END => Ok(size + offset),
+            libc::SEEK_DATA if offset < size => Ok(offset),
+            libc::SEEK_HOLE if offset < size => Ok(size),
+            libc::SEEK_DATA | libc::SEEK_HOLE => Err(Errno(libc::ENXIO)),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// FUSE `copy_file_range`.
+    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<usize> {
+        self.writable()?;
+        let hin = self.handle(fh_in)?;
+        self.refresh_handle(&hin)?;
+        let hout = self.handle(fh_out)?;
+        let out = self.upper_file(&hout)?;
+        let len = len.min(1 << 30) as usize;
+        let in_fd = match &*hin.file.read().unwrap_or_else(|e| e.into_inner()) {
+            HFile::Upper(f) => Some(f.as_raw_fd()),
+            HFile::Lower { f, .. } => f.backing_file().map(|b| b.as_raw_fd()),
+        };
+        if let Some(fd) = in_fd {
+            match sys::copy_file_range(fd, off_in, out.as_raw_fd(), off_out, len) {
+                Ok(n) => return Ok(n),
+                Err(Errno(libc::EXDEV)) | Err(Errno(libc::EOPNOTSUPP)) | Err(Errno(libc::ENOSYS)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let chunk = self.read(fh_in, off_in, len.min(1 << 20) as u32)?;
+        sys::pwrite_all(out.as_raw_fd(), &chunk, off_out)
+    }
+
+    // ---------------------------------------------------------------- directories
+
+    /// The merged listing of a directory node (from the cache if present).
+    pub(crate) fn listing(&self, node: &Node) -> Result<Listing> {
+        if let Some(l) = self.dircache.get(node.ino) {
+            return Ok(l);
+        }
+        let (dirfd, dirs) = {
+            let s = node.st();
+            if s.unlinked {
+                return Ok(Arc::new(Vec::new()));
+            }
+            (s.dirfd.clone(), s.lower_dirs.clone())
+        };
+        let mut out: Vec<DirEntry> = Vec::new();
+        let mut seen = std::collections::HashSet::<OsString>::new();
+        if let Some(d) = &dirfd {
+            let fd = d.as_raw_fd();
+            for e in sys::list_dir(fd)? {
+                if e.name.as_bytes() == WH_OPAQUE {
+                    continue;
+                }
+                if let Some(t) = whiteout::oci_target(&e.name) {
+                    seen.insert(t.to_os_string());
+                    continue;
+                }
+                let kind = match Kind::from_dtype(e.dtype) {
+                    Some(Kind::CharDev) | None => {
+                        let st = match sys::fstatat_opt(fd, &e.name)? {
+                            Some(st) => st,
+                            None => continue,
+                        };
+                        if whiteout::is_whiteout(&st) {
+                            seen.insert(e.name);
+                            continue;
+                        }
+                        Kind::from_mode(st.st_mode).unwrap_or(Kind::File)
+                    }
+                    Some(k) => k,
+                };
+                if !seen.insert(e.name.clone()) {
+                    continue;
+                }
+                let ino = sys::getxattr(XTarget::At(fd, &e.name), OsStr::new(xattr::ORIGIN))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| parse_u64(&v))
+                    .unwrap_or_else(|| self.nodes.inos.upper(e.ino));
+                out.push(DirEntry { name: e.name, kind, ino });
+            }
+        }
+        for &(layer, d) in &dirs {
+            let mut err = None;
+            self.lowers[layer].read_dir(d, None, &mut |name, e| {
+                if seen.contains(name) {
+                    return true;
+                }
+                seen.insert(name.to_os_string());
+                if e.kind != Kind::Whiteout {
+                    out.push(DirEntry { name: name.to_os_string(), kind: e.kind, ino: self.nodes.inos.lower(layer, e.ino) });
+                }
+                true
+            })
+            .unwrap_or_else(|e| err = Some(e));
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        let l: Listing = Arc::new(out);
+        self.dircache.put(node.ino, l.clone());
+        Ok(l)
+    }
+
+    /// FUSE `opendir`: snapshots the merged listing.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let parent = node.st().parent;
+        let mut full = vec![
+            DirEntry { name: ".".into(), kind: Kind::Dir, ino },
+            DirEntry { name: "..".into(), kind: Kind::Dir, ino: parent },
+        ];
+        full.extend(self.listing(&node)?.iter().cloned());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dir_handles.with_mut(fh, |m| m.insert(fh, Arc::new(full)));
+        Ok(fh)
+    }
+
+    /// FUSE `readdir`: the entries of an open directory from position `offset` (each
+    /// entry's own offset is its position + 1).
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Listing> {
+        let l = self.dir_handles.get(fh).ok_or(Errno::EBADF)?;
+        let _ = offset;
+        Ok(l)
+    }
+
+    /// FUSE `releasedir`.
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles.with_mut(fh, |m| m.remove(&fh));
+    }
+
+    /// FUSE `fsyncdir`.
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
+        let node = self.node(ino)?;
+        let fd = node.st().dirfd.clone();
+        match fd {
+            Some(d) => sys::fsync(d.as_raw_fd(), datasync),
+            None => Ok(()),
+        }
+    }
+
+    /// FUSE `statfs`: of the upper directory (or of the top layer without one).
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        match &self.upper {
+            Some(u) => sys::fstatvfs(u.root_fd()),
+            None => {
+                let root = self.node(ROOT_INO)?;
+                let _ = root;
+                let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+                st.f_bsize = 4096;
+                st.f_frsize = 4096;
+                st.f_namemax = 255;
+                Ok(st)
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- xattrs
+
+    fn private_xattr_errno(name: &OsStr) -> Errno {
+        let b = name.as_bytes();
+        if b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.") {
+            Errno::ENOTSUP
+        } else {
+            Errno::ENODATA
+        }
+    }
+
+    /// FUSE `getxattr`.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if xattr::is_internal(name) {
+            return Err(Self::private_xattr_errno(name));
+        }
+        let node = self.node(ino)?;
+        let v = if Self::has_upper(&node) {
+            let (_h, fd, n) = self.upper_loc(&node)?;
+            sys::getxattr(XTarget::At(fd, &n), name)?
+        } else {
+            let (l, i) = node.st().origin.ok_or(Errno::EIO)?;
+            self.lowers[l].get_xattr(i, name)?
+        };
+        v.ok_or(Errno::ENODATA)
+    }
+
+    /// FUSE `listxattr` (overlay-internal names hidden).
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<OsString>> {
+        let node = self.node(ino)?;
+        let names = if Self::has_upper(&node) {
+            let (_h, fd, n) = self.upper_loc(&node)?;
+            sys::listxattr(XTarget::At(fd, &n))?
+        } else {
+            let (l, i) = node.st().origin.ok_or(Errno::EIO)?;
+            self.lowers[l].list_xattrs(i)?
+        };
+        Ok(names.into_iter().filter(|n| !xattr::is_internal(n)).collect())
+    }
+
+    /// FUSE `setxattr`.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
+        if xattr::is_internal(name) {
+            return Err(Errno::ENOTSUP);
+        }
+        let node = self.node(ino)?;
+        self.copy_up(&node, CopyMode::Meta)?;
+        let (_h, fd, n) = self.upper_loc(&node)?;
+        sys::setxattr(XTarget::At(fd, &n), name, value, flags)
+    }
+
+    /// FUSE `removexattr`.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        if xattr::is_internal(name) {
+            return Err(Self::private_xattr_errno(name));
+        }
+        let node = self.node(ino)?;
+        if !Self::has_upper(&node) {
+            // Missing attribute: fail before copying anything up.
+            self.getxattr(ino, name)?;
+        }
+        self.copy_up(&node, CopyMode::Meta)?;
+        let (_h, fd, n) = self.upper_loc(&node)?;
+        sys::removexattr(XTarget::At(fd, &n), name)
+    }
+}

@@ -1,0 +1,700 @@
+//! The FUSE adapter: implements `fuser::Filesystem` by calling [`OverlayFs`]. This is the
+//! only module that names fuser.
+//!
+//! Kernel settings asked for at `init`: 1 MiB `max_write`, readdirplus, parallel directory
+//! operations, cached symlinks, atomic `O_TRUNC`, and either FUSE passthrough (as root:
+//! reads and writes go straight to the backing file) or the writeback cache (they exclude
+//! each other in the kernel). POSIX locks are not implemented on purpose: the kernel then
+//! handles `fcntl`/`flock` locks locally, which is right for a single-host mount.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackingId, BsdFileFlags, Config, CopyFileRangeFlags, Errno as FErrno, FileAttr,
+    FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
+    TimeOrNow, WriteFlags,
+};
+
+use crate::config::MountConfig;
+use crate::error::Errno;
+use crate::fs::{Attr, Ctx, Opened, OverlayFs, SetAttr};
+use crate::lower::{Kind, Timestamp};
+use crate::sys::{self, SetTime};
+
+fn errno(e: Errno) -> FErrno {
+    FErrno::from_i32(e.0)
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::CharDev | Kind::Whiteout => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: system_time(a.ctime),
+        kind: file_type(a.kind),
+        perm: a.perm as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if ns < 0 {
+                    s -= 1;
+                    ns += 1_000_000_000;
+                }
+                SetTime::At(s, ns)
+            }
+        },
+    }
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+}
+
+/// The fuser filesystem: a thin shell over [`OverlayFs`].
+pub struct FuseFs {
+    fs: Arc<OverlayFs>,
+    ttl: Duration,
+    want_passthrough: bool,
+    want_writeback: bool,
+    backings: Mutex<HashMap<u64, Arc<BackingId>>>,
+}
+
+impl std::fmt::Debug for FuseFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FuseFs").field("fs", &self.fs).finish()
+    }
+}
+
+impl FuseFs {
+    /// Wraps `fs`; `ttl` is how long the kernel may cache entries and attributes.
+    pub fn new(fs: Arc<OverlayFs>, ttl: Duration, passthrough: bool, writeback: bool) -> FuseFs {
+        FuseFs {
+            fs,
+            ttl,
+            want_passthrough: passthrough,
+            want_writeback: writeback && !passthrough,
+            backings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn reply_open(&self, fh_ino: u64, o: Opened, reply: ReplyOpen) {
+        let flags = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+        if let Some(file) = &o.passthrough {
+            let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+            let id = match b.get(&fh_ino) {
+                Some(id) => Some(id.clone()),
+                None => match reply.open_backing(file.as_fd()) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        b.insert(fh_ino, id.clone());
+                        Some(id)
+                    }
+                    Err(e) => {
+                        if e.raw_os_error() == Some(libc::EPERM) {
+                            self.fs.set_passthrough(false);
+                        }
+                        self.fs.passthrough_refused(o.fh);
+                        None
+                    }
+                },
+            };
+            if let Some(id) = id {
+                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
+                return;
+            }
+        }
+        reply.opened(FileHandle(o.fh), flags);
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        let mut passthrough = false;
+        if self.want_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            passthrough = true;
+        }
+        self.fs.set_passthrough(passthrough);
+        if self.want_writeback && !passthrough {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) if e == Errno::ENOENT => {
+                // negative entry, cached for the TTL (only this mount changes the tree)
+                let mut a = file_attr(&Attr {
+                    ino: 0,
+                    kind: Kind::File,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    blocks: 0,
+                    atime: Timestamp::default(),
+                    mtime: Timestamp::default(),
+                    ctime: Timestamp::default(),
+                    rdev: 0,
+                });
+                a.ino = INodeNo(0);
+                reply.entry(&self.ttl, &a, Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let sa = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            fh: fh.map(|f| f.0),
+        };
+        match self.fs.setattr(ino.0, sa) {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        match self.fs.mknod(parent.0, name, mode, rdev as u64, ctx(req)) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        match self.fs.mkdir(parent.0, name, mode, ctx(req)) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        match self.fs.symlink(parent.0, link_name, target.as_os_str(), ctx(req)) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        match self.fs.link(ino.0, newparent.0, newname) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0) {
+            Ok(o) => self.reply_open(ino.0, o, reply),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.fs.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(ino) = self.fs.release(fh.0) {
+            self.backings.lock().unwrap_or_else(|e| e.into_inner()).remove(&ino);
+        }
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let l = match self.fs.readdir(fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(e)),
+        };
+        for (i, e) in l.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let l = match self.fs.readdir(fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(e)),
+        };
+        for (i, e) in l.iter().enumerate().skip(offset as usize) {
+            let dots = e.name == "." || e.name == "..";
+            let attr = if dots {
+                match self.fs.getattr(e.ino).or_else(|_| self.fs.getattr(ino.0)) {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                }
+            } else {
+                match self.fs.lookup(ino.0, &e.name) {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                }
+            };
+            if reply.add(INodeNo(attr.ino), i as u64 + 1, &e.name, &self.ttl, &file_attr(&attr), Generation(0)) {
+                if !dots {
+                    self.fs.forget(attr.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsyncdir(ino.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() > size as usize {
+                    reply.error(FErrno::ERANGE)
+                } else {
+                    reply.data(&buf)
+                }
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        match self.fs.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.create(parent.0, name, mode, flags, ctx(req)) {
+            Ok((a, o)) => {
+                let fa = file_attr(&a);
+                if let Some(file) = &o.passthrough {
+                    let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+                    let id = match b.get(&a.ino) {
+                        Some(id) => Some(id.clone()),
+                        None => match reply.open_backing(file.as_fd()) {
+                            Ok(id) => {
+                                let id = Arc::new(id);
+                                b.insert(a.ino, id.clone());
+                                Some(id)
+                            }
+                            Err(e) => {
+                                if e.raw_os_error() == Some(libc::EPERM) {
+                                    self.fs.set_passthrough(false);
+                                }
+                                self.fs.passthrough_refused(o.fh);
+                                None
+                            }
+                        },
+                    };
+                    if let Some(id) = id {
+                        reply.created_passthrough(&self.ttl, &fa, Generation(0), FileHandle(o.fh), FopenFlags::empty(), &id);
+                        return;
+                    }
+                }
+                reply.created(&self.ttl, &fa, Generation(0), FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        match self.fs.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// A mounted, not yet serving, filesystem.
+pub struct Mounted {
+    session: Session<FuseFs>,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mounted")
+    }
+}
+
+/// Unmounts a [`Mounted`] filesystem from another thread (e.g. on SIGTERM).
+#[derive(Debug)]
+pub struct Unmounter(SessionUnmounter);
+
+impl Unmounter {
+    /// Unmounts; the serving threads then return.
+    pub fn unmount(&mut self) -> io::Result<()> {
+        self.0.unmount()
+    }
+}
+
+impl Mounted {
+    /// A handle to unmount from elsewhere.
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter(self.session.unmount_callable())
+    }
+
+    /// Serves requests until the filesystem is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+}
+
+/// Mount parameters derived from a [`MountConfig`] and the process's privilege.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Use FUSE passthrough.
+    pub passthrough: bool,
+    /// Use the writeback cache.
+    pub writeback: bool,
+    /// Allow other users.
+    pub allow_other: bool,
+}
+
+/// Decides passthrough / writeback / allow_other for `cfg`.
+pub fn plan(cfg: &MountConfig) -> Plan {
+    let root = sys::geteuid() == 0;
+    let passthrough = cfg.passthrough.unwrap_or(root);
+    let writeback = !passthrough && cfg.writeback.unwrap_or(true);
+    Plan { passthrough, writeback, allow_other: cfg.allow_other.unwrap_or(root) }
+}
+
+/// Mounts `fs` at `mountpoint` (direct `mount(2)` as root, `fusermount3` otherwise) and
+/// completes the FUSE handshake, so the mount is usable when this returns.
+pub fn mount(fs: Arc<OverlayFs>, cfg: &MountConfig, plan: &Plan, mountpoint: &Path) -> io::Result<Mounted> {
+    let root = sys::geteuid() == 0;
+    let mut opts = vec![
+        MountOption::FSName(cfg.fsname.clone().unwrap_or_else(|| "stacko-overlay".into())),
+        MountOption::Subtype("stacko-overlay".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if cfg.read_only || !fs.is_writable() {
+        opts.push(MountOption::RO);
+    }
+    let has = |f: &str| cfg.flags.iter().any(|x| x == f);
+    for f in &cfg.flags {
+        opts.push(match f.as_str() {
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "atime" => MountOption::Atime,
+            "noatime" => MountOption::NoAtime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            other => MountOption::CUSTOM(other.to_string()),
+        });
+    }
+    if root && !has("nodev") && !has("dev") {
+        opts.push(MountOption::Dev);
+    }
+    if root && !has("nosuid") && !has("suid") {
+        opts.push(MountOption::Suid);
+    }
+    let mut config = Config::default();
+    config.mount_options = opts;
+    config.acl = if plan.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    let ffs = FuseFs::new(fs, cfg.ttl, plan.passthrough, plan.writeback);
+    let session = Session::new(ffs, mountpoint, &config)?;
+    Ok(Mounted { session })
+}

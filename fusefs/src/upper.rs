@@ -1,0 +1,186 @@
+//! The upper (writable) directory and its work directory, in kernel overlayfs format.
+//!
+//! * whiteout: character device 0:0 (see [`crate::whiteout`]);
+//! * opaque directory: `user.overlay.opaque=y` (also read: `trusted.overlay.opaque`, a
+//!   `.wh..wh..opq` entry);
+//! * scratch files for atomic copy-up: `WORKDIR/work/` (the directory kernel overlayfs uses
+//!   too, and empties at mount);
+//! * stacko's hard-link index: `WORKDIR/stacko-index/<merged inode number in hex>`.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::dirlower::WH_OPAQUE;
+use crate::error::{Errno, Result};
+use crate::sys::{self, XTarget};
+use crate::{whiteout, xattr};
+
+/// Name of the scratch directory inside the work directory.
+pub const WORK_SUBDIR: &str = "work";
+/// Name of the hard-link index directory inside the work directory.
+pub const INDEX_SUBDIR: &str = "stacko-index";
+
+/// The upper directory, with its work and index directories open.
+#[derive(Debug)]
+pub struct Upper {
+    root: OwnedFd,
+    work: OwnedFd,
+    index: OwnedFd,
+    tmp_seq: AtomicU64,
+    /// Whether this process may chown to any owner (effective uid 0).
+    pub privileged: bool,
+}
+
+fn open_path_dir(p: &Path) -> Result<OwnedFd> {
+    let c = sys::cstr(p.as_os_str())?;
+    let fd = unsafe {
+        libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+fn ensure_subdir(parent: RawFd, name: &str) -> Result<OwnedFd> {
+    match sys::mkdirat(parent, OsStr::new(name), 0o700) {
+        Ok(()) | Err(Errno(libc::EEXIST)) => {}
+        Err(e) => return Err(e),
+    }
+    sys::open_dir(parent, OsStr::new(name))
+}
+
+impl Upper {
+    /// Opens `upper` and `work` (which must be on the same filesystem), creating the work
+    /// subdirectories and emptying leftovers of an interrupted copy-up.
+    pub fn open(upper: &Path, work: &Path) -> Result<Upper> {
+        let root = open_path_dir(upper)?;
+        let workroot = open_path_dir(work)?;
+        let ust = sys::fstat(root.as_raw_fd())?;
+        let wst = sys::fstat(workroot.as_raw_fd())?;
+        if ust.st_dev != wst.st_dev {
+            return Err(Errno::EXDEV);
+        }
+        let workfd = ensure_subdir(workroot.as_raw_fd(), WORK_SUBDIR)?;
+        for e in sys::list_dir(workfd.as_raw_fd())? {
+            let _ = remove_tree(workfd.as_raw_fd(), &e.name);
+        }
+        let index = ensure_subdir(workroot.as_raw_fd(), INDEX_SUBDIR)?;
+        Ok(Upper {
+            root,
+            work: workfd,
+            index,
+            tmp_seq: AtomicU64::new(0),
+            privileged: sys::geteuid() == 0,
+        })
+    }
+
+    /// Fd of the upper root directory.
+    pub fn root_fd(&self) -> RawFd {
+        self.root.as_raw_fd()
+    }
+
+    /// Fd of the scratch directory.
+    pub fn work_fd(&self) -> RawFd {
+        self.work.as_raw_fd()
+    }
+
+    /// Fd of the hard-link index directory.
+    pub fn index_fd(&self) -> RawFd {
+        self.index.as_raw_fd()
+    }
+
+    /// A fresh scratch name, unique within this process.
+    pub fn tmp_name(&self) -> OsString {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#stacko-{}-{n}", std::process::id()))
+    }
+
+    /// Name of the index entry of merged inode `ino`.
+    pub fn index_name(ino: u64) -> OsString {
+        OsString::from(format!("{ino:016x}"))
+    }
+
+    /// Replaces `name` in `dirfd` (an existing non-directory, or a directory holding only
+    /// whiteouts) by a whiteout, atomically.
+    pub fn replace_with_whiteout(&self, dirfd: RawFd, name: &OsStr, is_dir: bool) -> Result<()> {
+        let tmp = self.tmp_name();
+        whiteout::create(self.work_fd(), &tmp)?;
+        if is_dir {
+            if let Err(e) =
+                sys::renameat2(self.work_fd(), &tmp, dirfd, name, libc::RENAME_EXCHANGE)
+            {
+                let _ = sys::unlinkat(self.work_fd(), &tmp, 0);
+                return Err(e);
+            }
+            // The old directory is now the scratch entry: empty and remove it.
+            remove_tree(self.work_fd(), &tmp)?;
+        } else if let Err(e) = sys::renameat2(self.work_fd(), &tmp, dirfd, name, 0) {
+            let _ = sys::unlinkat(self.work_fd(), &tmp, 0);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Creates a whiteout at `name` in `dirfd`, which holds nothing of that name (or holds a
+    /// whiteout already).
+    pub fn create_whiteout(&self, dirfd: RawFd, name: &OsStr) -> Result<()> {
+        match whiteout::create(dirfd, name) {
+            Ok(()) => Ok(()),
+            Err(Errno(libc::EEXIST)) => {
+                let st = sys::fstatat(dirfd, name)?;
+                if whiteout::is_whiteout(&st) {
+                    Ok(())
+                } else {
+                    self.replace_with_whiteout(dirfd, name, st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether the upper directory open as `dirfd` is opaque, given its xattr names.
+pub fn is_opaque(dirfd: RawFd, names: &[OsString]) -> Result<bool> {
+    for n in [xattr::USER_OPAQUE, xattr::TRUSTED_OPAQUE] {
+        if xattr::has(names, n) {
+            if let Some(v) = sys::getxattr(XTarget::Fd(dirfd), OsStr::new(n))? {
+                if v == b"y" {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(sys::fstatat_opt(dirfd, OsStr::new(std::str::from_utf8(WH_OPAQUE).unwrap_or("")))?.is_some())
+}
+
+/// Marks the directory open as `dirfd` opaque.
+pub fn set_opaque(dirfd: RawFd) -> Result<()> {
+    sys::setxattr(XTarget::Fd(dirfd), OsStr::new(xattr::USER_OPAQUE), b"y", 0)
+}
+
+/// Removes `name` in `dirfd` and, if it is a directory, everything below it.
+pub fn remove_tree(dirfd: RawFd, name: &OsStr) -> Result<()> {
+    match sys::unlinkat(dirfd, name, 0) {
+        Ok(()) => return Ok(()),
+        Err(Errno(libc::EISDIR)) | Err(Errno(libc::EPERM)) => {}
+        Err(e) => return Err(e),
+    }
+    let sub = sys::open_dir(dirfd, name)?;
+    for e in sys::list_dir(sub.as_raw_fd())? {
+        remove_tree(sub.as_raw_fd(), &e.name)?;
+    }
+    drop(sub);
+    sys::unlinkat(dirfd, name, libc::AT_REMOVEDIR)
+}
+
+/// Removes every entry of the directory `dirfd` (used on directories that hold only
+/// whiteouts before they are removed or replaced).
+pub fn clear_dir(dirfd: RawFd) -> Result<()> {
+    for e in sys::list_dir(dirfd)? {
+        remove_tree(dirfd, &e.name)?;
+    }
+    Ok(())
+}
