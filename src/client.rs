@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 
 use stacko_store::progress::Progress;
 
-use crate::api::{Api, Dest, ExportRequest, ImageInfo, ImportRequest, Source};
+use crate::api::{
+    Api, Backend, Dest, ExportRequest, ImageInfo, ImportRequest, InstanceInfo, NewStackpoint, RunPlan, Source,
+    StackpointInfo,
+};
 use crate::buildid::build_id;
 use crate::channel::{Channel, Sender};
 use crate::daemon::check_socket_path;
 use crate::error::{Error, Result};
 use crate::home;
-use crate::protocol::{FrameError, Request, Response, WireDest, WirePath, WireSource};
+use crate::protocol::{FrameError, Request, Response, StackpointRequest as S, WireDest, WirePath, WireSource};
 
 /// How long [`Client::connect`] keeps trying to reach a daemon.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -336,6 +339,133 @@ impl Api for Client {
         match self.call(&req, &fds, progress)? {
             Response::Done => Ok(()),
             other => Err(unexpected("export-image", other)),
+        }
+    }
+
+    fn edit_image(&self, name: &str, backend: Option<Backend>) -> Result<PathBuf> {
+        let req = Request::EditImage { name: name.into(), backend };
+        self.path_call("edit-image", &req)
+    }
+
+    fn close_image(&self, name: &str, progress: &dyn Progress) -> Result<ImageInfo> {
+        let req = Request::CloseImage { name: name.into() };
+        match self.call(&req, &[], progress)? {
+            Response::Image(i) => Ok(i),
+            other => Err(unexpected("close-image", other)),
+        }
+    }
+
+    fn image_dir(&self, name: &str) -> Result<PathBuf> {
+        self.path_call("get-image-dir", &Request::GetImageDir { name: name.into() })
+    }
+
+    fn new_stackpoint(&self, req: &NewStackpoint) -> Result<StackpointInfo> {
+        let mut req = req.clone();
+        if let Some(d) = &req.dir {
+            req.dir = Some(absolute(d)?.to_path());
+        }
+        self.sp_call(S::New(req))
+    }
+
+    fn delete_stackpoint(&self, name: &str) -> Result<()> {
+        self.done_call(S::Delete { name: name.into() })
+    }
+
+    fn new_instance(&self, name: &str, image: &str) -> Result<InstanceInfo> {
+        let req = Request::Stackpoint(S::NewInstance { name: name.into(), image: image.into() });
+        match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
+            Response::Instance(i) => Ok(i),
+            other => Err(unexpected("new-stackpoint-instance", other)),
+        }
+    }
+
+    fn set_instance(&self, name: &str, id: u64) -> Result<StackpointInfo> {
+        self.sp_call(S::SetInstance { name: name.into(), instance: id })
+    }
+
+    fn delete_instance(&self, name: &str, id: u64) -> Result<()> {
+        self.done_call(S::DeleteInstance { name: name.into(), instance: id })
+    }
+
+    fn cutover(&self, name: &str, image: &str, reuse: bool) -> Result<StackpointInfo> {
+        self.sp_call(S::Cutover { name: name.into(), image: image.into(), reuse })
+    }
+
+    fn fallback(&self, name: &str, to: Option<u64>) -> Result<StackpointInfo> {
+        self.sp_call(S::Fallback { name: name.into(), to })
+    }
+
+    fn mount_stackpoint(&self, name: &str, backend: Option<Backend>) -> Result<StackpointInfo> {
+        self.sp_call(S::Mount { name: name.into(), backend })
+    }
+
+    fn umount_stackpoint(&self, name: &str, lazy: bool) -> Result<()> {
+        self.done_call(S::Umount { name: name.into(), lazy })
+    }
+
+    fn stackpoint_dir(&self, name: &str) -> Result<PathBuf> {
+        self.path_call("get-stackpoint-dir", &Request::Stackpoint(S::GetDir { name: name.into() }))
+    }
+
+    fn is_stackpoint_mounted(&self, name: &str) -> Result<bool> {
+        let req = Request::Stackpoint(S::IsMounted { name: name.into() });
+        match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
+            Response::Bool(b) => Ok(b),
+            other => Err(unexpected("is-stackpoint-mounted", other)),
+        }
+    }
+
+    fn list_stackpoints(&self) -> Result<Vec<StackpointInfo>> {
+        let req = Request::Stackpoint(S::List);
+        match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
+            Response::Stackpoints(v) => Ok(v),
+            other => Err(unexpected("list-stackpoints", other)),
+        }
+    }
+
+    fn list_instances(&self, name: Option<&str>) -> Result<Vec<InstanceInfo>> {
+        let req = Request::Stackpoint(S::ListInstances { name: name.map(str::to_string) });
+        match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
+            Response::Instances(v) => Ok(v),
+            other => Err(unexpected("list-instances", other)),
+        }
+    }
+
+    fn prepare_run(&self, name: &str) -> Result<RunPlan> {
+        let req = Request::Stackpoint(S::PrepareRun { name: name.into() });
+        match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
+            Response::RunPlan(p) => Ok(p),
+            other => Err(unexpected("run", other)),
+        }
+    }
+}
+
+impl Client {
+    /// A request answered with a path.
+    fn path_call(&self, cmd: &str, req: &Request) -> Result<PathBuf> {
+        match self.call(req, &[], &stacko_store::progress::NoProgress)? {
+            Response::Path(p) => Ok(p.to_path()),
+            other => Err(unexpected(cmd, other)),
+        }
+    }
+
+    /// A stackpoint request answered with the stackpoint.
+    fn sp_call(&self, req: S) -> Result<StackpointInfo> {
+        let req = Request::Stackpoint(req);
+        let cmd = req.command();
+        match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
+            Response::Stackpoint(i) => Ok(i),
+            other => Err(unexpected(cmd, other)),
+        }
+    }
+
+    /// A stackpoint request answered with `Done`.
+    fn done_call(&self, req: S) -> Result<()> {
+        let req = Request::Stackpoint(req);
+        let cmd = req.command();
+        match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(cmd, other)),
         }
     }
 }

@@ -6,11 +6,11 @@
 //!    another one serves), write `HOME/daemon.pid`;
 //! 2. remove a stale socket, bind `HOME/daemon.sock` (mode 0600), open the store;
 //! 3. serve each connection in its own thread ([`crate::session`]);
-//! 4. retire when idle (no connection and nothing in progress) for the idle
-//!    period, on SIGTERM/SIGINT, on [`crate::protocol::Request::Shutdown`],
+//! 4. retire when idle (no connection, nothing in progress and no FUSE
+//!    filesystem served) for the idle period, on SIGTERM/SIGINT, on [`crate::protocol::Request::Shutdown`],
 //!    or when a client of another build connects: unlink the socket, serve
-//!    the connections already queued, wait for running operations, flush
-//!    the store, remove the pid file, exit.
+//!    the connections already queued, wait for running operations, unmount
+//!    the FUSE filesystems it serves, flush the store, remove the pid file, exit.
 //!
 //! The idle period is `STACKO_DAEMON_IDLE_SECS` (default 30; 0 = never).
 
@@ -322,8 +322,9 @@ pub fn run(home: &Path, opts: &DaemonOptions) -> Result<()> {
         if SIGNALLED.load(Ordering::SeqCst) {
             daemon.retire("signal");
         }
+        // Never idle while a FUSE filesystem is served from here.
         if let (Some(idle), Some(quiet)) = (opts.idle, daemon.activity.idle_for()) {
-            if quiet >= idle {
+            if quiet >= idle && daemon.service.fuse_mounts().active() == 0 {
                 daemon.retire("idle");
             }
         }
@@ -341,6 +342,8 @@ pub fn run(home: &Path, opts: &DaemonOptions) -> Result<()> {
     }
     drop(listener);
     daemon.activity.wait_idle();
+    // The FUSE filesystems die with this process: unmount them cleanly.
+    daemon.service.fuse_mounts().unmount_all(&|line| daemon.log.line(line));
     if let Err(e) = daemon.service.flush() {
         daemon.log.line(format!("flush: {e}"));
     }

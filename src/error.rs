@@ -66,6 +66,9 @@ pub enum Error {
     /// The daemon could not be started, reached, or went away.
     #[error("{0}")]
     Daemon(String),
+    /// Mounting or unmounting failed (busy, not mounted, no way to mount here).
+    #[error(transparent)]
+    Backend(#[from] crate::backend::Error),
 }
 
 impl Error {
@@ -94,6 +97,13 @@ impl Error {
             Error::Exists(_) => ErrorKind::Exists,
             Error::Refused(_) => ErrorKind::Refused,
             Error::Io { .. } | Error::Protocol(_) | Error::Daemon(_) => ErrorKind::Io,
+            Error::Backend(e) => match e {
+                crate::backend::Error::Busy { .. }
+                | crate::backend::Error::NotMounted { .. }
+                | crate::backend::Error::Unavailable { .. }
+                | crate::backend::Error::OptionsTooLong { .. } => ErrorKind::Refused,
+                _ => ErrorKind::Io,
+            },
         }
     }
 }

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use stacko_store::progress::Progress;
 use stacko_store::{ingest, tar, validate_name, ImageState, LayerId};
 
-use crate::api::{Api, Dest, ExportRequest, ImageInfo, ImportRequest, Source};
+use crate::api::{
+    Api, Backend, Dest, ExportRequest, ImageInfo, ImportRequest, InstanceInfo, NewStackpoint, RunPlan, Source,
+    StackpointInfo,
+};
 use crate::error::{Error, Result};
 use crate::service::{Cancel, Cancellable, NeverCancel, Service};
 
@@ -31,6 +34,11 @@ impl Service {
         validate_name(name)?;
         if let Some(p) = parent {
             validate_name(p)?;
+            if crate::edit::is_editing(self.home(), p) {
+                return Err(Error::Refused(format!(
+                    "image {p} is being edited: close-image {p} before stacking images on it"
+                )));
+            }
         }
         Ok(self.store().check_new_image(name, parent)?)
     }
@@ -298,8 +306,19 @@ impl Api for Service {
 
     fn delete_image(&self, name: &str) -> Result<()> {
         validate_name(name)?;
+        let _state = self.state_lock();
+        if crate::edit::is_editing(self.home(), name) {
+            return Err(Error::Refused(format!(
+                "image {name} is being edited: close-image {name} first"
+            )));
+        }
         let _exclusive = self.exclusive();
-        Ok(self.store().delete_image(name)?)
+        let layer = self.store().image(name)?.map(|r| r.layer);
+        self.store().delete_image(name)?;
+        if let Some(layer) = layer {
+            crate::checkouts::remove(self.store(), layer);
+        }
+        Ok(())
     }
 
     fn list_images(&self) -> Result<Vec<ImageInfo>> {
@@ -312,6 +331,74 @@ impl Api for Service {
 
     fn export_image(&self, req: ExportRequest, progress: &dyn Progress) -> Result<()> {
         self.export_image_with(req, progress, &NeverCancel)
+    }
+
+    fn edit_image(&self, name: &str, backend: Option<Backend>) -> Result<PathBuf> {
+        self.image_edit(name, backend)
+    }
+
+    fn close_image(&self, name: &str, progress: &dyn Progress) -> Result<ImageInfo> {
+        self.image_close(name, progress)
+    }
+
+    fn image_dir(&self, name: &str) -> Result<PathBuf> {
+        self.image_edit_dir(name)
+    }
+
+    fn new_stackpoint(&self, req: &NewStackpoint) -> Result<StackpointInfo> {
+        self.sp_new(req)
+    }
+
+    fn delete_stackpoint(&self, name: &str) -> Result<()> {
+        self.sp_delete(name)
+    }
+
+    fn new_instance(&self, name: &str, image: &str) -> Result<InstanceInfo> {
+        self.sp_new_instance(name, image)
+    }
+
+    fn set_instance(&self, name: &str, id: u64) -> Result<StackpointInfo> {
+        self.sp_set(name, id)
+    }
+
+    fn delete_instance(&self, name: &str, id: u64) -> Result<()> {
+        self.sp_delete_instance(name, id)
+    }
+
+    fn cutover(&self, name: &str, image: &str, reuse: bool) -> Result<StackpointInfo> {
+        self.sp_cutover(name, image, reuse)
+    }
+
+    fn fallback(&self, name: &str, to: Option<u64>) -> Result<StackpointInfo> {
+        self.sp_fallback(name, to)
+    }
+
+    fn mount_stackpoint(&self, name: &str, backend: Option<Backend>) -> Result<StackpointInfo> {
+        self.sp_mount(name, backend)
+    }
+
+    fn umount_stackpoint(&self, name: &str, lazy: bool) -> Result<()> {
+        self.sp_umount(name, lazy)
+    }
+
+    fn stackpoint_dir(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.existing_stackpoint(name)?.dir_path())
+    }
+
+    fn is_stackpoint_mounted(&self, name: &str) -> Result<bool> {
+        self.sp_is_mounted(name)
+    }
+
+    fn list_stackpoints(&self) -> Result<Vec<StackpointInfo>> {
+        self.sp_list()
+    }
+
+    fn list_instances(&self, name: Option<&str>) -> Result<Vec<InstanceInfo>> {
+        self.sp_list_instances(name)
+    }
+
+    fn prepare_run(&self, name: &str) -> Result<RunPlan> {
+        self.sp_prepare_run(name)
     }
 }
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::api::ImageInfo;
+use crate::api::{Backend, ImageInfo, InstanceInfo, NewStackpoint, RunPlan, StackpointInfo};
 use crate::error::ErrorKind;
 
 /// The version byte in front of every frame body.
@@ -120,38 +120,32 @@ pub enum Request {
         /// Where to write.
         dest: WireDest,
     },
-    /// Reserved for `edit-image` (the stackpoint issue); not served yet.
+    /// `edit-image NAME [--backend B]`.
     EditImage {
         /// The image.
         name: String,
+        /// The engine to mount with (automatic if `None`).
+        backend: Option<Backend>,
     },
-    /// Reserved for `close-image`; not served yet.
+    /// `close-image NAME`.
     CloseImage {
         /// The image.
         name: String,
     },
-    /// Reserved for `get-image-dir`; not served yet.
+    /// `get-image-dir NAME`.
     GetImageDir {
         /// The image.
         name: String,
     },
-    /// Reserved for the stackpoint and instance commands; not served yet.
+    /// The stackpoint and instance commands.
     Stackpoint(StackpointRequest),
 }
 
-/// The stackpoint commands, reserved for the stackpoint issue: the daemon
-/// answers each with a "not implemented yet" error.
+/// The stackpoint and instance commands.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum StackpointRequest {
-    /// `new-stackpoint NAME IMAGE [--dir PATH]`.
-    New {
-        /// Stackpoint.
-        name: String,
-        /// Image of its first instance.
-        image: String,
-        /// Mount directory.
-        dir: Option<WirePath>,
-    },
+    /// `new-stackpoint NAME IMAGE [--dir PATH] [--force]` (the dir absolute).
+    New(NewStackpoint),
     /// `delete-stackpoint NAME`.
     Delete {
         /// Stackpoint.
@@ -163,7 +157,7 @@ pub enum StackpointRequest {
         name: String,
         /// The image to switch to.
         image: String,
-        /// Reuse an existing instance of it.
+        /// Reuse the latest existing instance of it.
         reuse: bool,
     },
     /// `fallback-stackpoint NAME [--to INSTANCE]`.
@@ -171,7 +165,7 @@ pub enum StackpointRequest {
         /// Stackpoint.
         name: String,
         /// The instance to go back to.
-        to: Option<String>,
+        to: Option<u64>,
     },
     /// `new-stackpoint-instance NAME IMAGE`.
     NewInstance {
@@ -185,19 +179,21 @@ pub enum StackpointRequest {
         /// Stackpoint.
         name: String,
         /// Instance.
-        instance: String,
+        instance: u64,
     },
     /// `delete-stackpoint-instance NAME INSTANCE`.
     DeleteInstance {
         /// Stackpoint.
         name: String,
         /// Instance.
-        instance: String,
+        instance: u64,
     },
-    /// `mount-stackpoint NAME`.
+    /// `mount-stackpoint NAME [--backend B]`.
     Mount {
         /// Stackpoint.
         name: String,
+        /// The engine (remembered for later mounts); automatic if `None`.
+        backend: Option<Backend>,
     },
     /// `umount-stackpoint NAME [--lazy]`.
     Umount {
@@ -218,8 +214,13 @@ pub enum StackpointRequest {
     },
     /// `list-stackpoints`.
     List,
-    /// `list-instances NAME`.
+    /// `list-instances [NAME]`.
     ListInstances {
+        /// Stackpoint (all when `None`).
+        name: Option<String>,
+    },
+    /// `stacko run NAME -- ...`: prepare the checkouts, say what to mount.
+    PrepareRun {
         /// Stackpoint.
         name: String,
     },
@@ -254,6 +255,7 @@ impl Request {
                 S::IsMounted { .. } => "is-stackpoint-mounted",
                 S::List => "list-stackpoints",
                 S::ListInstances { .. } => "list-instances",
+                S::PrepareRun { .. } => "run",
             },
         }
     }
@@ -295,6 +297,20 @@ pub enum Response {
     Images(Vec<ImageInfo>),
     /// The request failed.
     Error(WireError),
+    /// A directory (edit-image, get-image-dir, get-stackpoint-dir).
+    Path(WirePath),
+    /// One stackpoint.
+    Stackpoint(StackpointInfo),
+    /// All stackpoints.
+    Stackpoints(Vec<StackpointInfo>),
+    /// One instance.
+    Instance(InstanceInfo),
+    /// Instances.
+    Instances(Vec<InstanceInfo>),
+    /// A yes/no answer (is-stackpoint-mounted).
+    Bool(bool),
+    /// What `stacko run` mounts.
+    RunPlan(RunPlan),
 }
 
 /// What can be wrong with a frame.

@@ -5,11 +5,12 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use stacko_store::Store;
 
 use crate::error::Result;
+use crate::mounts::FuseMounts;
 
 /// The store plus what keeps concurrent commands from tripping over each other.
 ///
@@ -18,28 +19,62 @@ use crate::error::Result;
 /// (delete-image, garbage collection) hold it exclusively, so that an
 /// object an import found already present cannot be deleted under it.
 /// Listing needs neither: every image record is read in one sled call.
+///
+/// Stackpoint, instance and edit commands (which mount and unmount) are
+/// serialized by one more lock, so that "is it mounted", the state change
+/// and the remount happen as one step.
 pub struct Service {
-    store: Store,
+    store: Arc<Store>,
     gate: RwLock<()>,
+    /// Serializes stackpoint, instance and edit commands.
+    state: Mutex<()>,
+    /// Serializes the making of layer checkouts.
+    pub(crate) checkouts: Mutex<()>,
+    /// The FUSE filesystems this process serves.
+    pub(crate) fuse: FuseMounts,
 }
 
 impl Service {
     /// Opens the store in `home` (only one process may: the daemon).
     pub fn open(home: &Path) -> Result<Service> {
-        Ok(Service::new(Store::open(home)?))
+        let svc = Service::new(Store::open(home)?);
+        crate::checkouts::remove_unused(&svc)?;
+        Ok(svc)
     }
 
     /// Serves over an already open store.
     pub fn new(store: Store) -> Service {
         Service {
-            store,
+            store: Arc::new(store),
             gate: RwLock::new(()),
+            state: Mutex::new(()),
+            checkouts: Mutex::new(()),
+            fuse: FuseMounts::new(),
         }
     }
 
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The store, shared (FUSE lower layers hold it).
+    pub fn shared_store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// The FUSE filesystems this process serves.
+    pub fn fuse_mounts(&self) -> &FuseMounts {
+        &self.fuse
+    }
+
+    /// The store's directory (the stacko home).
+    pub fn home(&self) -> &Path {
+        self.store.home()
+    }
+
+    pub(crate) fn state_lock(&self) -> MutexGuard<'_, ()> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Flushes the store to disk.

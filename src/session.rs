@@ -13,9 +13,9 @@ use crate::api::{Api, Dest, ExportRequest, ImportRequest, Source};
 use crate::buildid::build_id;
 use crate::channel::{Channel, Sender};
 use crate::daemon::Daemon;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::service::Cancel;
-use crate::protocol::{FrameError, Request, Response, WireDest, WireError, WireSource};
+use crate::protocol::{FrameError, Request, Response, StackpointRequest, WireDest, WireError, WirePath, WireSource};
 
 /// How long a new connection may take to say hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,11 +107,28 @@ fn one_fd(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, Error> {
         .ok_or_else(|| Error::Invalid(format!("{what}: the client sent no descriptor")))
 }
 
-fn not_yet(cmd: &str) -> Response {
-    Response::Error(WireError {
-        kind: ErrorKind::Refused,
-        message: format!("`{cmd}` is not implemented yet"),
-    })
+fn path(p: std::path::PathBuf) -> Response {
+    Response::Path(WirePath::from(p.as_path()))
+}
+
+fn stackpoint(svc: &crate::Service, req: StackpointRequest) -> Result<Response, Error> {
+    use StackpointRequest as S;
+    match req {
+        S::New(r) => svc.new_stackpoint(&r).map(Response::Stackpoint),
+        S::Delete { name } => svc.delete_stackpoint(&name).map(|()| Response::Done),
+        S::Cutover { name, image, reuse } => svc.cutover(&name, &image, reuse).map(Response::Stackpoint),
+        S::Fallback { name, to } => svc.fallback(&name, to).map(Response::Stackpoint),
+        S::NewInstance { name, image } => svc.new_instance(&name, &image).map(Response::Instance),
+        S::SetInstance { name, instance } => svc.set_instance(&name, instance).map(Response::Stackpoint),
+        S::DeleteInstance { name, instance } => svc.delete_instance(&name, instance).map(|()| Response::Done),
+        S::Mount { name, backend } => svc.mount_stackpoint(&name, backend).map(Response::Stackpoint),
+        S::Umount { name, lazy } => svc.umount_stackpoint(&name, lazy).map(|()| Response::Done),
+        S::GetDir { name } => svc.stackpoint_dir(&name).map(path),
+        S::IsMounted { name } => svc.is_stackpoint_mounted(&name).map(Response::Bool),
+        S::List => svc.list_stackpoints().map(Response::Stackpoints),
+        S::ListInstances { name } => svc.list_instances(name.as_deref()).map(Response::Instances),
+        S::PrepareRun { name } => svc.prepare_run(&name).map(Response::RunPlan),
+    }
 }
 
 fn dispatch(daemon: &Daemon, req: Request, fds: Vec<OwnedFd>, tx: &Sender) -> Response {
@@ -154,10 +171,13 @@ fn dispatch(daemon: &Daemon, req: Request, fds: Vec<OwnedFd>, tx: &Sender) -> Re
                     .map(|()| Response::Done)
             })
         }
-        r @ (Request::EditImage { .. }
-        | Request::CloseImage { .. }
-        | Request::GetImageDir { .. }
-        | Request::Stackpoint(_)) => return not_yet(r.command()),
+        Request::EditImage { name, backend } => svc.edit_image(&name, backend).map(path),
+        Request::CloseImage { name } => {
+            let progress = WireProgress::new(tx);
+            svc.close_image(&name, &progress).map(Response::Image)
+        }
+        Request::GetImageDir { name } => svc.image_dir(&name).map(path),
+        Request::Stackpoint(req) => stackpoint(svc, req),
     };
     result.unwrap_or_else(|e| wire_error(&e))
 }

@@ -15,7 +15,7 @@
 //! acknowledged record must be present exactly once, unacknowledged ones at most once, every
 //! init line exactly once, and no other (torn) line may appear. Checked again after a remount.
 //!
-//! Env: `STACKO_E2E_SEED`, `STACKO_E2E_CONC_ITERS` (per thread, default 600).
+//! Env: `STACKO_E2E_SEED`, `STACKO_E2E_CONC_ITERS` (per thread, default 2000).
 
 mod common;
 
@@ -165,7 +165,7 @@ fn check_final(root: &Path, init: &[String], acked: &[String], maybe: &[String])
 fn eight_threads_copy_up_rename_readdir() {
     let Some(engine) = common::setup("concurrency") else { return };
     let seed = common::seed_from_env("STACKO_E2E_SEED");
-    let iters = common::env_u64("STACKO_E2E_CONC_ITERS", 600);
+    let iters = common::env_u64("STACKO_E2E_CONC_ITERS", 2000);
     let dir = common::tempdir("stacko-conc-");
     let l0 = dir.path().join("l0");
     let mut init = Vec::new();

@@ -7,6 +7,8 @@
 
 mod output;
 mod progress;
+mod spcmd;
+mod spoutput;
 
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
@@ -81,6 +83,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    #[command(flatten)]
+    Sp(spcmd::SpCommand),
     /// Run the daemon that owns the store (started on demand by every command)
     #[command(hide = true)]
     Daemon {
@@ -96,7 +100,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
@@ -127,9 +131,23 @@ fn is_dash(p: &Path) -> bool {
     p.as_os_str() == "-"
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     let home = stacko::home::resolve(cli.home.as_deref())?;
-    match cli.command {
+    let command = match cli.command {
+        Command::Sp(c) => return spcmd::run(&home, c),
+        other => other,
+    };
+    images_command(&home, command)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn images_command(home: &Path, command: Command) -> Result<()> {
+    let home = home.to_path_buf();
+    match command {
+        Command::Sp(c) => {
+            spcmd::run(&home, c)?;
+            Ok(())
+        }
         Command::Daemon { foreground } => {
             stacko::daemon::run(&home, &stacko::daemon::DaemonOptions::from_env(foreground))?;
             Ok(())

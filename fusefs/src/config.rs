@@ -29,6 +29,10 @@ pub struct FsConfig {
     pub writeback: bool,
     /// Capacity of the merged-listing cache (directories).
     pub dircache_dirs: usize,
+    /// Also use passthrough for files still read from a lower layer (`passthrough=all`).
+    /// Faster cold reads, but opening such a file for writing while it is open for reading
+    /// fails with ETXTBSY (the kernel allows one backing file per inode).
+    pub passthrough_lower: bool,
 }
 
 impl Default for FsConfig {
@@ -41,6 +45,7 @@ impl Default for FsConfig {
             index: true,
             writeback: false,
             dircache_dirs: 1024,
+            passthrough_lower: false,
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct MountConfig {
     pub flags: Vec<String>,
     /// How long the kernel may cache entries and attributes.
     pub ttl: Duration,
+    /// Ask the kernel for READDIRPLUS (listings carry attributes).
+    pub readdirplus: bool,
 }
 
 impl Default for MountConfig {
@@ -89,6 +96,7 @@ impl Default for MountConfig {
             read_only: false,
             flags: Vec::new(),
             ttl: Duration::from_secs(86400),
+            readdirplus: true,
         }
     }
 }
@@ -201,6 +209,10 @@ impl MountConfig {
                     self.threads = n as usize;
                 }
                 "writeback" | "writeback_cache" => self.writeback = Some(on_off(&key, v)?),
+                "passthrough" if v == Some("all") => {
+                    self.passthrough = Some(true);
+                    self.fs.passthrough_lower = true;
+                }
                 "passthrough" => self.passthrough = Some(on_off(&key, v)?),
                 "allow_other" | "allow_root" => self.allow_other = Some(true),
                 "noallow_other" => self.allow_other = Some(false),
@@ -211,6 +223,7 @@ impl MountConfig {
                 }
                 "dircache" => self.fs.dircache_dirs = number(&key, v)?.max(1) as usize,
                 "ro" => self.read_only = true,
+                "readdirplus" => self.readdirplus = on_off(&key, v)?,
                 "uidmapping" | "gidmapping" => {
                     return Err(ConfigError(format!(
                         "option {key} is not supported (mount inside a user namespace instead)"
@@ -271,6 +284,16 @@ mod tests {
         assert!(MountConfig::parse("lowerdir=/a,metacopy=maybe").is_err());
         let ro = MountConfig::parse("lowerdir=/a").unwrap();
         assert!(ro.upperdir.is_none());
+    }
+
+    #[test]
+    fn passthrough_modes() {
+        let c = MountConfig::parse("lowerdir=/a,passthrough=all").unwrap();
+        assert_eq!(c.passthrough, Some(true));
+        assert!(c.fs.passthrough_lower);
+        let c = MountConfig::parse("lowerdir=/a,passthrough=off,readdirplus=off").unwrap();
+        assert_eq!(c.passthrough, Some(false));
+        assert!(!c.fs.passthrough_lower && !c.readdirplus);
     }
 
     #[test]

@@ -32,6 +32,8 @@ struct Entry {
     path: Box<[u8]>,
     /// Cached opaque flag (directories only).
     opaque: OnceLock<bool>,
+    /// Cached: the directory holds `.wh.*` entries (directories only).
+    has_wh: OnceLock<bool>,
 }
 
 /// A lower layer read from a directory.
@@ -93,7 +95,7 @@ impl DirLower {
         let st = sys::fstat(root_fd.as_raw_fd())?;
         let nodes = ShardedMap::new();
         nodes.with_mut(st.st_ino, |m| {
-            m.insert(st.st_ino, Arc::new(Entry { path: Box::new([]), opaque: OnceLock::new() }))
+            m.insert(st.st_ino, Arc::new(Entry { path: Box::new([]), opaque: OnceLock::new(), has_wh: OnceLock::new() }))
         });
         Ok(DirLower { root_fd, root_ino: st.st_ino, nodes })
     }
@@ -107,7 +109,7 @@ impl DirLower {
         self.nodes.get(ino).ok_or(Errno::ENOENT)
     }
 
-    fn rel<'a>(path: &'a [u8]) -> &'a OsStr {
+    fn rel(path: &[u8]) -> &OsStr {
         OsStr::from_bytes(path)
     }
 
@@ -127,7 +129,7 @@ impl DirLower {
         }
         self.nodes.with_mut(ino, |m| {
             m.entry(ino).or_insert_with(|| {
-                Arc::new(Entry { path: path.into_boxed_slice(), opaque: OnceLock::new() })
+                Arc::new(Entry { path: path.into_boxed_slice(), opaque: OnceLock::new(), has_wh: OnceLock::new() })
             });
         });
     }
@@ -187,6 +189,15 @@ impl Lower for DirLower {
                 Ok(Some(LowerEntry { ino: st.st_ino, kind }))
             }
             None => {
+                let has_wh = *d.has_wh.get_or_init(|| {
+                    match sys::open_dir(self.root_fd.as_raw_fd(), Self::rel(&d.path)).and_then(|fd| sys::list_dir(fd.as_raw_fd())) {
+                        Ok(list) => list.iter().any(|e| e.name.as_bytes().starts_with(WH_PREFIX)),
+                        Err(_) => true,
+                    }
+                });
+                if !has_wh {
+                    return Ok(None);
+                }
                 let mut wh = WH_PREFIX.to_vec();
                 wh.extend_from_slice(name.as_bytes());
                 let whp = Self::join(&d.path, OsStr::from_bytes(&wh));

@@ -134,6 +134,12 @@ pub(crate) struct Resolved {
     pub(crate) lower_attr: Option<LowerAttr>,
 }
 
+/// Owner, group and mode kept in `user.containers.override_stat`.
+pub(crate) type OwnerMode = (u32, u32, u32);
+
+/// Makes a node: (directory fd, name, permission bits) -> the open file, for regular files.
+pub(crate) type MakeFn<'a> = dyn Fn(RawFd, &OsStr, u32) -> Result<Option<OwnedFd>> + 'a;
+
 /// Result of merging one name over a list of lower directories.
 pub(crate) struct LowerHit {
     pub(crate) top: Option<(usize, LowerEntry)>,
@@ -383,7 +389,8 @@ impl OverlayFs {
                     let fd = sys::open_dir(dfd, name)?;
                     let opaque = upper::is_opaque(fd.as_raw_fd(), &names)?;
                     let redirect = get(xattr::USER_REDIRECT).or_else(|| get(xattr::TRUSTED_REDIRECT));
-                    if let Some(rd) = redirect.filter(|_| self.cfg.redirect_dir || true) {
+                    if let Some(rd) = redirect {
+                        // existing redirects are always followed; `redirect_dir` only governs making them
                         let abs: Arc<[u8]> = if rd.first() == Some(&b'/') {
                             rd.into()
                         } else {
@@ -480,7 +487,7 @@ impl OverlayFs {
             if n.kind == kind && !n.st().unlinked {
                 n.refs.fetch_add(refs, Ordering::Relaxed);
                 let mut s = n.st_mut();
-                if !(s.parent == parent && s.name == name)
+                if (s.parent != parent || s.name != name)
                     && !s.aliases.iter().any(|(p, a)| *p == parent && a == name)
                 {
                     s.aliases.push((parent, name.to_os_string()));
@@ -657,8 +664,11 @@ impl OverlayFs {
     ) -> Result<Option<(u32, u32, u32)>> {
         let u = self.writable()?;
         if u.privileged {
-            sys::fchownat(fd, name, uid, gid)?;
-            if kind != Kind::Symlink {
+            let st = sys::fstatat(fd, name)?;
+            if st.st_uid != uid || st.st_gid != gid {
+                sys::fchownat(fd, name, uid, gid)?;
+            }
+            if kind != Kind::Symlink && (st.st_mode & 0o7777 != perm || st.st_uid != uid || st.st_gid != gid) {
                 sys::fchmodat(fd, name, perm)?;
             }
             return Ok(None);
@@ -695,35 +705,38 @@ impl OverlayFs {
         }
         let (_hold, fd, name) = self.upper_loc(&node)?;
         if sa.uid.is_some() || sa.gid.is_some() || sa.mode.is_some() {
-            let cur = self.raw_attr(&node, None)?;
-            let uid = sa.uid.unwrap_or(cur.uid);
-            let gid = sa.gid.unwrap_or(cur.gid);
-            let mut perm = sa.mode.map(|m| m & 0o7777).unwrap_or(cur.perm);
-            if (sa.uid.is_some() || sa.gid.is_some()) && sa.mode.is_none() && node.kind != Kind::Dir {
-                // chown clears set-id bits on non-directories
-                if (sa.uid.is_some() && sa.uid != Some(cur.uid)) || (sa.gid.is_some() && sa.gid != Some(cur.gid)) {
-                    perm &= !(libc::S_ISUID | if perm & 0o010 != 0 { libc::S_ISGID } else { 0 });
-                }
-            }
             let privileged = self.writable()?.privileged;
             let had_override = node.st().override_stat.is_some();
-            if privileged && had_override {
-                let _ = sys::removexattr(XTarget::At(fd, &name), OsStr::new(xattr::OVERRIDE_STAT));
-                sys::fchownat(fd, &name, uid, gid)?;
-                if node.kind != Kind::Symlink {
-                    sys::fchmodat(fd, &name, perm)?;
-                }
-                node.st_mut().override_stat = None;
-            } else if privileged {
+            if privileged && !had_override {
                 if sa.uid.is_some() || sa.gid.is_some() {
                     sys::fchownat(fd, &name, sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
                 }
-                if node.kind != Kind::Symlink && (sa.mode.is_some() || perm != cur.perm) {
-                    sys::fchmodat(fd, &name, perm)?;
+                if let (Some(m), true) = (sa.mode, node.kind != Kind::Symlink) {
+                    sys::fchmodat(fd, &name, m & 0o7777)?;
                 }
             } else {
-                let ovr = self.set_owner_mode(fd, &name, node.kind, uid, gid, perm)?;
-                node.st_mut().override_stat = ovr;
+                let cur = self.raw_attr(&node, None)?;
+                let uid = sa.uid.unwrap_or(cur.uid);
+                let gid = sa.gid.unwrap_or(cur.gid);
+                let mut perm = sa.mode.map(|m| m & 0o7777).unwrap_or(cur.perm);
+                if sa.mode.is_none()
+                    && node.kind != Kind::Dir
+                    && (sa.uid.is_some_and(|u| u != cur.uid) || sa.gid.is_some_and(|g| g != cur.gid))
+                {
+                    // chown clears set-id bits on non-directories
+                    perm &= !(libc::S_ISUID | if perm & 0o010 != 0 { libc::S_ISGID } else { 0 });
+                }
+                if privileged {
+                    let _ = sys::removexattr(XTarget::At(fd, &name), OsStr::new(xattr::OVERRIDE_STAT));
+                    sys::fchownat(fd, &name, uid, gid)?;
+                    if node.kind != Kind::Symlink {
+                        sys::fchmodat(fd, &name, perm)?;
+                    }
+                    node.st_mut().override_stat = None;
+                } else {
+                    let ovr = self.set_owner_mode(fd, &name, node.kind, uid, gid, perm)?;
+                    node.st_mut().override_stat = ovr;
+                }
             }
         }
         if let Some(size) = sa.size {
@@ -779,14 +792,28 @@ impl OverlayFs {
         if parent.st().unlinked {
             return Err(Errno::ENOENT);
         }
-        if self.resolve(parent, name)?.is_some() {
-            return Err(Errno::EEXIST);
-        }
-        let dirfd = self.copy_up_dir_chain(parent)?;
-        let wh = match sys::fstatat_opt(dirfd.as_raw_fd(), name)? {
+        // The upper entry decides alone when there is one; otherwise the lower layers.
+        let (pdirfd, plower) = {
+            let s = parent.st();
+            (s.dirfd.clone(), s.lower_dirs.clone())
+        };
+        let upper_entry = match &pdirfd {
+            Some(d) => sys::fstatat_opt(d.as_raw_fd(), name)?,
+            None => None,
+        };
+        let wh = match upper_entry {
             Some(st) if whiteout::is_whiteout(&st) => true,
             Some(_) => return Err(Errno::EEXIST),
-            None => false,
+            None => {
+                if !plower.is_empty() && self.resolve(parent, name)?.is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                false
+            }
+        };
+        let dirfd = match pdirfd {
+            Some(d) => d,
+            None => self.copy_up_dir_chain(parent)?,
         };
         Ok((dirfd, wh))
     }
@@ -824,7 +851,7 @@ impl OverlayFs {
         kind: Kind,
         mode: u32,
         ctx: Ctx,
-        make: &dyn Fn(RawFd, &OsStr) -> Result<Option<OwnedFd>>,
+        make: &MakeFn<'_>,
     ) -> Result<(Arc<Node>, Option<OwnedFd>)> {
         let (dirfd, wh) = self.prepare_create(parent, name)?;
         let u = self.writable()?;
@@ -833,8 +860,8 @@ impl OverlayFs {
         let (fd, ovr) = if wh {
             let tmp = u.tmp_name();
             let work = u.work_fd();
-            let built = (|| -> Result<(Option<OwnedFd>, Option<(u32, u32, u32)>)> {
-                let fd = make(work, &tmp)?;
+            let built = (|| -> Result<(Option<OwnedFd>, Option<OwnerMode>)> {
+                let fd = make(work, &tmp, perm)?;
                 let ovr = self.set_owner_mode(work, &tmp, kind, uid, gid, perm)?;
                 if kind == Kind::Dir {
                     let d = sys::open_dir(work, &tmp)?;
@@ -854,7 +881,7 @@ impl OverlayFs {
                 }
             }
         } else {
-            let fd = make(dfd, name)?;
+            let fd = make(dfd, name, perm)?;
             match self.set_owner_mode(dfd, name, kind, uid, gid, perm) {
                 Ok(ovr) => (fd, ovr),
                 Err(e) => {
@@ -887,8 +914,8 @@ impl OverlayFs {
         if kind == Kind::Dir || kind == Kind::Symlink {
             return Err(Errno::EINVAL);
         }
-        let (n, _) = self.create_node(&p, name, kind, mode, ctx, &|d, nm| {
-            sys::mknodat(d, nm, kind.mode_bits() | 0o600, rdev)?;
+        let (n, _) = self.create_node(&p, name, kind, mode, ctx, &|d, nm, perm| {
+            sys::mknodat(d, nm, kind.mode_bits() | (perm & 0o777) | 0o600, rdev)?;
             Ok(None)
         })?;
         self.attr_of(&n, None)
@@ -897,8 +924,8 @@ impl OverlayFs {
     /// FUSE `mkdir`.
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, ctx: Ctx) -> Result<Attr> {
         let p = self.node(parent)?;
-        let (n, _) = self.create_node(&p, name, Kind::Dir, mode, ctx, &|d, nm| {
-            sys::mkdirat(d, nm, 0o700)?;
+        let (n, _) = self.create_node(&p, name, Kind::Dir, mode, ctx, &|d, nm, perm| {
+            sys::mkdirat(d, nm, (perm & 0o777) | 0o700)?;
             Ok(None)
         })?;
         self.attr_of(&n, None)
@@ -907,7 +934,7 @@ impl OverlayFs {
     /// FUSE `symlink`.
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, ctx: Ctx) -> Result<Attr> {
         let p = self.node(parent)?;
-        let (n, _) = self.create_node(&p, name, Kind::Symlink, 0o777, ctx, &|d, nm| {
+        let (n, _) = self.create_node(&p, name, Kind::Symlink, 0o777, ctx, &|d, nm, _| {
             sys::symlinkat(target, d, nm)?;
             Ok(None)
         })?;
@@ -918,8 +945,8 @@ impl OverlayFs {
     pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, ctx: Ctx) -> Result<(Attr, Opened)> {
         let p = self.node(parent)?;
         let oflags = self.upper_open_flags(flags);
-        let (n, fd) = self.create_node(&p, name, Kind::File, mode, ctx, &|d, nm| {
-            let fd = sys::openat(d, nm, oflags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)?;
+        let (n, fd) = self.create_node(&p, name, Kind::File, mode, ctx, &|d, nm, perm| {
+            let fd = sys::openat(d, nm, oflags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, (perm & 0o777) | 0o600)?;
             Ok(Some(fd))
         })?;
         let attr = self.attr_of(&n, None)?;
@@ -1022,7 +1049,8 @@ impl OverlayFs {
         let dirfd = self.copy_up_dir_chain(&p)?;
         let dfd = dirfd.as_raw_fd();
         let in_upper = matches!(sys::fstatat_opt(dfd, name)?, Some(st) if !whiteout::is_whiteout(&st));
-        let lower = self.lower_visible(&p, name)?;
+        // Not in the upper yet visible: a lower layer shows it.
+        let lower = !in_upper || self.lower_visible(&p, name)?;
         match (in_upper, lower) {
             (true, true) => u.replace_with_whiteout(dfd, name, false)?,
             (true, false) => sys::unlinkat(dfd, name, 0)?,
@@ -1305,7 +1333,9 @@ impl OverlayFs {
                 if pt_on && backing.is_some() { Some(upper_backing) } else { None }
             } else {
                 match o.passthrough {
+                    // lower backing still in use and the data has moved up
                     Some(false) if write || upper_backing => return Err(Errno::ETXTBSY),
+                    Some(_) if backing.is_none() => return Err(Errno::ETXTBSY),
                     m => m,
                 }
             };
@@ -1360,7 +1390,11 @@ impl OverlayFs {
         }
         let (l, i) = origin.ok_or(Errno::EIO)?;
         let lf: Arc<dyn LowerFile> = Arc::from(self.lowers[l].open(i)?);
-        let backing = lf.backing_file().and_then(|f| f.try_clone().ok()).map(Arc::new);
+        let backing = if self.cfg.passthrough_lower {
+            lf.backing_file().and_then(|f| f.try_clone().ok()).map(Arc::new)
+        } else {
+            None
+        };
         self.register_handle(&node, HFile::Lower { f: lf, gen }, flags, backing, false)
     }
 

@@ -20,7 +20,7 @@ use fuser::{
     FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
     TimeOrNow, WriteFlags,
 };
 
@@ -102,7 +102,12 @@ pub struct FuseFs {
     ttl: Duration,
     want_passthrough: bool,
     want_writeback: bool,
+    readdirplus: bool,
+    destroyed: Option<crossbeam_channel::Sender<()>>,
     backings: Mutex<HashMap<u64, Arc<BackingId>>>,
+    /// Serialises open and release of one inode, so that the open count and the backing
+    /// file registered with the kernel change together.
+    open_locks: Vec<Mutex<()>>,
 }
 
 impl std::fmt::Debug for FuseFs {
@@ -113,18 +118,28 @@ impl std::fmt::Debug for FuseFs {
 
 impl FuseFs {
     /// Wraps `fs`; `ttl` is how long the kernel may cache entries and attributes.
-    pub fn new(fs: Arc<OverlayFs>, ttl: Duration, passthrough: bool, writeback: bool) -> FuseFs {
+    pub fn new(fs: Arc<OverlayFs>, ttl: Duration, passthrough: bool, writeback: bool, readdirplus: bool) -> FuseFs {
         FuseFs {
+            readdirplus,
+            destroyed: None,
             fs,
             ttl,
             want_passthrough: passthrough,
             want_writeback: writeback && !passthrough,
             backings: Mutex::new(HashMap::new()),
+            open_locks: (0..64).map(|_| Mutex::new(())).collect(),
         }
     }
 
+    fn open_lock(&self, ino: u64) -> std::sync::MutexGuard<'_, ()> {
+        self.open_locks[(ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % 64]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn reply_open(&self, fh_ino: u64, o: Opened, reply: ReplyOpen) {
-        let flags = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+        let flags = FopenFlags::FOPEN_NOFLUSH
+            | if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
         if let Some(file) = &o.passthrough {
             let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
             let id = match b.get(&fh_ino) {
@@ -145,7 +160,7 @@ impl FuseFs {
                 },
             };
             if let Some(id) = id {
-                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
+                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id);
                 return;
             }
         }
@@ -154,13 +169,20 @@ impl FuseFs {
 }
 
 impl Filesystem for FuseFs {
+    fn destroy(&mut self) {
+        if let Some(tx) = self.destroyed.take() {
+            let _ = tx.send(());
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
+        if self.readdirplus {
+            let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        }
         for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
@@ -318,6 +340,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _g = self.open_lock(ino.0);
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => self.reply_open(ino.0, o, reply),
             Err(e) => reply.error(errno(e)),
@@ -376,6 +399,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _g = self.open_lock(_ino.0);
         if let Some(ino) = self.fs.release(fh.0) {
             self.backings.lock().unwrap_or_else(|e| e.into_inner()).remove(&ino);
         }
@@ -537,6 +561,7 @@ impl Filesystem for FuseFs {
         match self.fs.create(parent.0, name, mode, flags, ctx(req)) {
             Ok((a, o)) => {
                 let fa = file_attr(&a);
+                let _g = self.open_lock(a.ino);
                 if let Some(file) = &o.passthrough {
                     let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
                     let id = match b.get(&a.ino) {
@@ -557,11 +582,11 @@ impl Filesystem for FuseFs {
                         },
                     };
                     if let Some(id) = id {
-                        reply.created_passthrough(&self.ttl, &fa, Generation(0), FileHandle(o.fh), FopenFlags::empty(), &id);
+                        reply.created_passthrough(&self.ttl, &fa, Generation(0), FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id);
                         return;
                     }
                 }
-                reply.created(&self.ttl, &fa, Generation(0), FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
+                reply.created(&self.ttl, &fa, Generation(0), FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -604,34 +629,59 @@ impl Filesystem for FuseFs {
 /// A mounted, not yet serving, filesystem.
 pub struct Mounted {
     session: Session<FuseFs>,
+    mountpoint: std::path::PathBuf,
+    destroyed: crossbeam_channel::Receiver<()>,
 }
 
 impl std::fmt::Debug for Mounted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Mounted")
+        f.debug_struct("Mounted").field("mountpoint", &self.mountpoint).finish()
     }
 }
 
 /// Unmounts a [`Mounted`] filesystem from another thread (e.g. on SIGTERM).
-#[derive(Debug)]
-pub struct Unmounter(SessionUnmounter);
+#[derive(Debug, Clone)]
+pub struct Unmounter {
+    mountpoint: std::path::PathBuf,
+}
 
 impl Unmounter {
-    /// Unmounts; the serving threads then return.
-    pub fn unmount(&mut self) -> io::Result<()> {
-        self.0.unmount()
+    /// Unmounts (`umount2`, or `fusermount3 -u` without privilege); serving then ends.
+    pub fn unmount(&self) -> io::Result<()> {
+        let c = sys::cstr(self.mountpoint.as_os_str()).map_err(io::Error::from)?;
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) {
+            return Err(e);
+        }
+        let st = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mountpoint).status()?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("fusermount3 -u {} failed", self.mountpoint.display())))
+        }
     }
 }
 
 impl Mounted {
     /// A handle to unmount from elsewhere.
-    pub fn unmounter(&mut self) -> Unmounter {
-        Unmounter(self.session.unmount_callable())
+    pub fn unmounter(&self) -> Unmounter {
+        Unmounter { mountpoint: self.mountpoint.clone() }
     }
 
     /// Serves requests until the filesystem is unmounted.
+    ///
+    /// fuser 0.18 unmounts the mount point by path when its session ends if its device
+    /// still polls with an error, which is the case after an external `umount`; by then a
+    /// new mount may sit at the same path. So the session runs in the background and its
+    /// mount handle is never dropped: unmounting is done by [`Unmounter`] or by the user.
     pub fn run(self) -> io::Result<()> {
-        self.session.run()
+        let bg = self.session.spawn()?;
+        let _ = self.destroyed.recv();
+        std::mem::forget(bg);
+        Ok(())
     }
 }
 
@@ -694,7 +744,10 @@ pub fn mount(fs: Arc<OverlayFs>, cfg: &MountConfig, plan: &Plan, mountpoint: &Pa
     config.acl = if plan.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    let ffs = FuseFs::new(fs, cfg.ttl, plan.passthrough, plan.writeback);
-    let session = Session::new(ffs, mountpoint, &config)?;
-    Ok(Mounted { session })
+    let mut ffs = FuseFs::new(fs, cfg.ttl, plan.passthrough, plan.writeback, cfg.readdirplus);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    ffs.destroyed = Some(tx);
+    let mountpoint = std::fs::canonicalize(mountpoint)?;
+    let session = Session::new(ffs, &mountpoint, &config)?;
+    Ok(Mounted { session, mountpoint, destroyed: rx })
 }

@@ -255,7 +255,7 @@ impl NodeTable {
                 return;
             }
             let removed = self.nodes.with_mut(cur, |m| {
-                let Some(node) = m.get(&cur) else { return None };
+                let node = m.get(&cur)?;
                 let prev = node.refs.load(Ordering::Relaxed);
                 let next = prev.saturating_sub(dec);
                 node.refs.store(next, Ordering::Relaxed);

@@ -494,3 +494,33 @@ fn concurrent_opens_copy_up_once() {
     }
     assert_eq!(fs::read_dir(e.root.join("w/work")).unwrap().count(), 0);
 }
+
+#[test]
+fn without_redirect_dir_a_lower_directory_rename_is_exdev_like_the_kernel() {
+    let e = Env::new(1);
+    write(&e.l(0).join("d/f"), "x");
+    let cfg = FsConfig { redirect_dir: false, ..FsConfig::default() };
+    let f = e.mount_with(cfg.clone(), true);
+    walk(&f, "d").unwrap();
+    assert_eq!(f.rename(1, OsStr::new("d"), 1, OsStr::new("e"), 0), Err(Errno::EXDEV));
+    // a directory made in the upper moves freely
+    f.mkdir(1, OsStr::new("n"), 0o755, ctx()).unwrap();
+    f.rename(1, OsStr::new("n"), 1, OsStr::new("m"), 0).unwrap();
+    drop(f);
+    // redirects made earlier are still followed
+    let f = e.mount();
+    f.rename(1, OsStr::new("d"), 1, OsStr::new("e"), 0).unwrap();
+    drop(f);
+    assert_eq!(read(&e.mount_with(cfg, true), "e/f"), "x");
+}
+
+#[test]
+fn metacopy_off_copies_data_on_chmod() {
+    let e = Env::new(1);
+    write(&e.l(0).join("f"), "data");
+    let f = e.mount_with(FsConfig { metacopy: false, ..FsConfig::default() }, true);
+    let ino = walk(&f, "f").unwrap();
+    f.setattr(ino, SetAttr { mode: Some(0o640), ..Default::default() }).unwrap();
+    assert_eq!(fs::read_to_string(e.u().join("f")).unwrap(), "data");
+    assert!(get_xattr(&e.u().join("f"), "user.overlay.metacopy").is_none());
+}

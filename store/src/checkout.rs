@@ -91,7 +91,8 @@ pub fn checkout(store: &Store, layer: LayerId, dest: &Path, progress: &dyn Progr
     let built = Checkout::new(store, layer, progress).run(&tmp);
     let placed = built.and_then(|()| {
         syncfs(&tmp)?;
-        fs::rename(&tmp, dest).map_err(|e| Error::io(format!("renaming checkout to {}", dest.display()), e))?;
+        fs::rename(&tmp, dest)
+            .map_err(|e| Error::io(format!("renaming checkout to {}", dest.display()), e))?;
         fsync_dir(&parent)
     });
     if placed.is_err() {
@@ -104,7 +105,12 @@ pub fn checkout(store: &Store, layer: LayerId, dest: &Path, progress: &dyn Progr
 fn split_dest(dest: &Path) -> Result<(PathBuf, String)> {
     let name = dest
         .file_name()
-        .ok_or_else(|| Error::BadInput(format!("checkout destination {} has no name", dest.display())))?
+        .ok_or_else(|| {
+            Error::BadInput(format!(
+                "checkout destination {} has no name",
+                dest.display()
+            ))
+        })?
         .to_string_lossy()
         .into_owned();
     let parent = match dest.parent() {
@@ -117,7 +123,8 @@ fn split_dest(dest: &Path) -> Result<(PathBuf, String)> {
 /// Removes `.NAME.checkout-PID-N` directories of processes that are gone.
 fn remove_stale_temps(parent: &Path, name: &str) -> Result<()> {
     let prefix = format!(".{name}.checkout-");
-    let entries = fs::read_dir(parent).map_err(|e| Error::io(format!("listing {}", parent.display()), e))?;
+    let entries =
+        fs::read_dir(parent).map_err(|e| Error::io(format!("listing {}", parent.display()), e))?;
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = file_name.strip_prefix(&prefix) else {
@@ -221,10 +228,12 @@ impl<'s, 'p> Checkout<'s, 'p> {
     }
 
     fn existing(&self, ino: Ino) -> Result<Node> {
-        self.store.node(self.layer, ino)?.ok_or_else(|| Error::Format {
-            tree: "nodes",
-            detail: format!("layer {} has an entry for missing node {ino}", self.layer),
-        })
+        self.store
+            .node(self.layer, ino)?
+            .ok_or_else(|| Error::Format {
+                tree: "nodes",
+                detail: format!("layer {} has an entry for missing node {ino}", self.layer),
+            })
     }
 
     /// Creates one non-directory node at `path`.
@@ -284,8 +293,11 @@ impl<'s, 'p> Checkout<'s, 'p> {
             }
         }
         if node.kind != NodeKind::Symlink {
-            fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(node.mode & 0o7777))
-                .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+            fs::set_permissions(
+                path,
+                std::os::unix::fs::PermissionsExt::from_mode(node.mode & 0o7777),
+            )
+            .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
         }
         for x in &node.xattrs {
             self.set_xattr(path, node.kind, &x.name, &x.value)?;
@@ -305,13 +317,21 @@ impl<'s, 'p> Checkout<'s, 'p> {
         let Err(e) = xattr::set(path, name, value)? else {
             return Ok(());
         };
-        let must_work = name.starts_with(b"user.") && matches!(kind, NodeKind::File | NodeKind::Dir);
-        let refused = matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP) | Some(libc::EACCES));
+        let must_work =
+            name.starts_with(b"user.") && matches!(kind, NodeKind::File | NodeKind::Dir);
+        let refused = matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM) | Some(libc::ENOTSUP) | Some(libc::EACCES)
+        );
         if refused && !must_work {
             return Ok(());
         }
         Err(Error::io(
-            format!("setting xattr {} on {}", String::from_utf8_lossy(name), path.display()),
+            format!(
+                "setting xattr {} on {}",
+                String::from_utf8_lossy(name),
+                path.display()
+            ),
             e,
         ))
     }
@@ -324,7 +344,9 @@ impl<'s, 'p> Checkout<'s, 'p> {
         for _ in 0..3 {
             match fs::hard_link(&variant, path) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => self.make_variant(&dir, &variant, node, id)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.make_variant(&dir, &variant, node, id)?
+                }
                 // Another filesystem, or the variant has too many links: a private copy.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV) | Some(libc::EMLINK)) => {
                     return self.write_private(path, node, id)
@@ -370,7 +392,10 @@ impl<'s, 'p> Checkout<'s, 'p> {
             return match fs::hard_link(&object, variant) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(Error::io(format!("linking variant {}", variant.display()), e)),
+                Err(e) => Err(Error::io(
+                    format!("linking variant {}", variant.display()),
+                    e,
+                )),
             };
         }
         copy_object(&object, &tmp)?;
@@ -379,12 +404,17 @@ impl<'s, 'p> Checkout<'s, 'p> {
 
     /// Gives the finished temp file its metadata and links it in as `variant`.
     fn publish_variant(&self, tmp: &Path, variant: &Path, node: &Node) -> Result<()> {
-        let result = self.set_meta(tmp, node).and_then(|()| match fs::hard_link(tmp, variant) {
-            Ok(()) => Ok(()),
-            // Made by someone else meanwhile: same metadata, same content.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(Error::io(format!("linking variant {}", variant.display()), e)),
-        });
+        let result = self
+            .set_meta(tmp, node)
+            .and_then(|()| match fs::hard_link(tmp, variant) {
+                Ok(()) => Ok(()),
+                // Made by someone else meanwhile: same metadata, same content.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(Error::io(
+                    format!("linking variant {}", variant.display()),
+                    e,
+                )),
+            });
         let _ = fs::remove_file(tmp);
         result
     }
@@ -395,7 +425,8 @@ impl<'s, 'p> Checkout<'s, 'p> {
             return Ok(false);
         }
         let object = self.store.objects.path(id);
-        let meta = fs::metadata(&object).map_err(|e| Error::io(format!("object {}", object.display()), e))?;
+        let meta = fs::metadata(&object)
+            .map_err(|e| Error::io(format!("object {}", object.display()), e))?;
         if meta.nlink() != 1 {
             return Ok(false);
         }
@@ -425,7 +456,6 @@ fn mkdir_private(path: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("creating directory {}", path.display()), e))
 }
 
-
 fn hard_link(first: &Path, path: &Path) -> Result<()> {
     fs::hard_link(first, path).map_err(|e| Error::io(format!("linking {}", path.display()), e))
 }
@@ -447,7 +477,8 @@ fn write_new(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Creates `dest` as a reflink of `src`; false (and no `dest`) if the filesystem cannot.
 fn reflink(src: &Path, dest: &Path) -> Result<bool> {
-    let from = File::open(src).map_err(|e| Error::io(format!("opening object {}", src.display()), e))?;
+    let from =
+        File::open(src).map_err(|e| Error::io(format!("opening object {}", src.display()), e))?;
     let to = create_new(dest)?;
     // SAFETY: FICLONE takes the source fd as its argument; both fds are open.
     let rc = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
@@ -461,9 +492,11 @@ fn reflink(src: &Path, dest: &Path) -> Result<bool> {
 
 /// Copies an object's bytes into a new file at `dest`.
 fn copy_object(src: &Path, dest: &Path) -> Result<()> {
-    let mut from = File::open(src).map_err(|e| Error::io(format!("opening object {}", src.display()), e))?;
+    let mut from =
+        File::open(src).map_err(|e| Error::io(format!("opening object {}", src.display()), e))?;
     let mut to = create_new(dest)?;
-    io::copy(&mut from, &mut to).map_err(|e| Error::io(format!("copying into {}", dest.display()), e))?;
+    io::copy(&mut from, &mut to)
+        .map_err(|e| Error::io(format!("copying into {}", dest.display()), e))?;
     Ok(())
 }
 
@@ -475,7 +508,11 @@ fn make_special(path: &Path, node: &Node) -> Result<()> {
         NodeKind::Whiteout => (libc::S_IFCHR, 0),
         NodeKind::CharDev => (libc::S_IFCHR, node.rdev),
         NodeKind::BlockDev => (libc::S_IFBLK, node.rdev),
-        other => return Err(Error::BadInput(format!("cannot create a {other:?} as a special file"))),
+        other => {
+            return Err(Error::BadInput(format!(
+                "cannot create a {other:?} as a special file"
+            )))
+        }
     };
     let c = cpath(path)?;
     // SAFETY: valid C string; mknod has no memory effects.
@@ -483,7 +520,9 @@ fn make_special(path: &Path, node: &Node) -> Result<()> {
         return Ok(());
     }
     let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EPERM) && matches!(node.kind, NodeKind::CharDev | NodeKind::BlockDev) {
+    if e.raw_os_error() == Some(libc::EPERM)
+        && matches!(node.kind, NodeKind::CharDev | NodeKind::BlockDev)
+    {
         return Err(Error::Refused(format!(
             "cannot create device node {}: creating devices needs root (CAP_MKNOD)",
             path.display()
@@ -500,9 +539,19 @@ fn set_times(c: &std::ffi::CStr, path: &Path, node: &Node) -> Result<()> {
     };
     let times = [spec(node.atime), spec(node.mtime)];
     // SAFETY: valid C string and a two-element timespec array.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if rc != 0 {
-        return Err(Error::io(format!("setting times of {}", path.display()), io::Error::last_os_error()));
+        return Err(Error::io(
+            format!("setting times of {}", path.display()),
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

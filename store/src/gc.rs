@@ -65,7 +65,11 @@ pub(crate) fn remove_unused_variants(store: &Store) -> Result<()> {
     for claim in claims {
         let marker = dir.join(&claim);
         let hex = claim.trim_end_matches(CLAIM_SUFFIX);
-        let object = store.objects.root.join(hex.get(..2).unwrap_or("")).join(hex.get(2..).unwrap_or(""));
+        let object = store
+            .objects
+            .root
+            .join(hex.get(..2).unwrap_or(""))
+            .join(hex.get(2..).unwrap_or(""));
         let variant = fs::read_link(&marker).ok().map(|v| dir.join(v));
         let object_meta = fs::metadata(&object).ok();
         let variant_meta = variant.as_ref().and_then(|v| fs::symlink_metadata(v).ok());

@@ -20,8 +20,8 @@ use crate::keys;
 use crate::objects::PendingObject;
 use crate::progress::Progress;
 use crate::records::{
-    encode, Content, DirEntry, DirentRecord, Ino, LayerId, LayerRecord, LayerState, Node, NodeKind, ObjectId,
-    Timestamp, Xattr, INLINE_MAX, NAME_MAX, ROOT_INO,
+    encode, Content, DirEntry, DirentRecord, Ino, LayerId, LayerRecord, LayerState, Node, NodeKind,
+    ObjectId, Timestamp, Xattr, INLINE_MAX, NAME_MAX, ROOT_INO,
 };
 use crate::store::{lock, Store};
 use crate::xattr;
@@ -84,7 +84,11 @@ impl<'s> LayerBuilder<'s> {
                 continue;
             }
             let key = keys::layer(id);
-            if store.layers.compare_and_swap(key, None as Option<&[u8]>, Some(encode(&record)))?.is_ok() {
+            if store
+                .layers
+                .compare_and_swap(key, None as Option<&[u8]>, Some(encode(&record)))?
+                .is_ok()
+            {
                 break id;
             }
         };
@@ -141,7 +145,13 @@ impl<'s> LayerBuilder<'s> {
     /// Adds a regular file, streaming its content: inlined when it is at most
     /// [`crate::INLINE_MAX`] bytes, else written to the object directory.
     /// `node.size` is set from the bytes read.
-    pub fn add_file(&mut self, parent: Ino, name: &[u8], mut node: Node, data: &mut dyn Read) -> Result<Ino> {
+    pub fn add_file(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        mut node: Node,
+        data: &mut dyn Read,
+    ) -> Result<Ino> {
         if node.kind != NodeKind::File {
             return Err(Error::BadInput(format!("add_file of a {:?}", node.kind)));
         }
@@ -176,7 +186,8 @@ impl<'s> LayerBuilder<'s> {
         node.nlink = node.nlink.saturating_add(1);
         let kind = node.kind;
         self.put_node(target, node);
-        self.dirents.insert((parent, name.to_vec()), DirentRecord { ino: target, kind });
+        self.dirents
+            .insert((parent, name.to_vec()), DirentRecord { ino: target, kind });
         self.maybe_flush()
     }
 
@@ -236,7 +247,9 @@ impl<'s> LayerBuilder<'s> {
             created: self.created,
             next_ino: self.next_ino,
         };
-        self.store.layers.insert(keys::layer(self.layer), encode(&record))?;
+        self.store
+            .layers
+            .insert(keys::layer(self.layer), encode(&record))?;
         self.publish_objects()?;
         self.finished = true;
         Ok(LayerSummary {
@@ -248,8 +261,11 @@ impl<'s> LayerBuilder<'s> {
 
     /// A node that must exist.
     fn existing(&self, ino: Ino) -> Result<Node> {
-        self.node(ino)?
-            .ok_or_else(|| Error::BadInput(format!("node {ino} does not exist in the layer being built")))
+        self.node(ino)?.ok_or_else(|| {
+            Error::BadInput(format!(
+                "node {ino} does not exist in the layer being built"
+            ))
+        })
     }
 
     /// Checks that `name` is a valid entry name, `parent` a directory, and the name free.
@@ -288,7 +304,8 @@ impl<'s> LayerBuilder<'s> {
         }
         let kind = node.kind;
         self.put_node(ino, node);
-        self.dirents.insert((parent, name.to_vec()), DirentRecord { ino, kind });
+        self.dirents
+            .insert((parent, name.to_vec()), DirentRecord { ino, kind });
         self.maybe_flush()?;
         Ok(ino)
     }
@@ -301,9 +318,14 @@ impl<'s> LayerBuilder<'s> {
     /// written by this builder); returns its length when it is in place.
     fn register_existing(&mut self, id: &ObjectId) -> Result<Option<u64>> {
         let _guard = lock(&self.store.object_lock);
-        let len = fs::metadata(self.store.objects.path(id)).ok().map(|m| m.len());
+        let len = fs::metadata(self.store.objects.path(id))
+            .ok()
+            .map(|m| m.len());
         if len.is_none() && !self.has_object_row(id)? {
-            return Err(Error::BadInput(format!("object {} is not in the store", id.to_hex())));
+            return Err(Error::BadInput(format!(
+                "object {} is not in the store",
+                id.to_hex()
+            )));
         }
         self.insert_object_rows(id)?;
         Ok(len)
@@ -336,12 +358,19 @@ impl<'s> LayerBuilder<'s> {
     }
 
     fn has_object_row(&self, id: &ObjectId) -> Result<bool> {
-        Ok(self.store.layer_objects.contains_key(keys::layer_object(self.layer, id))?)
+        Ok(self
+            .store
+            .layer_objects
+            .contains_key(keys::layer_object(self.layer, id))?)
     }
 
     fn insert_object_rows(&self, id: &ObjectId) -> Result<()> {
-        self.store.layer_objects.insert(keys::layer_object(self.layer, id), &[])?;
-        self.store.object_layers.insert(keys::object_layer(id, self.layer), &[])?;
+        self.store
+            .layer_objects
+            .insert(keys::layer_object(self.layer, id), &[])?;
+        self.store
+            .object_layers
+            .insert(keys::object_layer(id, self.layer), &[])?;
         Ok(())
     }
 
@@ -426,7 +455,10 @@ fn check_content(node: &Node) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::BadInput(format!("a {:?} node cannot hold this content", node.kind)))
+        Err(Error::BadInput(format!(
+            "a {:?} node cannot hold this content",
+            node.kind
+        )))
     }
 }
 
@@ -447,54 +479,68 @@ fn read_head(data: &mut dyn Read) -> Result<Vec<u8>> {
 pub fn ingest_dir(store: &Store, src: &Path, progress: &dyn Progress) -> Result<LayerSummary> {
     let meta = lstat(src)?;
     if !meta.is_dir() {
-        return Err(Error::BadInput(format!("{} is not a directory", src.display())));
+        return Err(Error::BadInput(format!(
+            "{} is not a directory",
+            src.display()
+        )));
     }
-    let mut ingest = Ingest {
-        builder: store.layer_builder()?,
-        links: HashMap::new(),
-        progress,
-    };
+    let mut ingest = Ingest::new(store.layer_builder()?, progress);
     let listing = list_dir(src)?;
     let mut root = node_from_meta(src, &meta)?;
     root.opaque |= listing.opaque;
     ingest.builder.set_root(root)?;
-    let mut stack = vec![Frame {
+    ingest.walk(Frame {
         path: src.to_path_buf(),
         ino: ROOT_INO,
         names: listing.names.into_iter(),
-    }];
-    while let Some(frame) = stack.last_mut() {
-        let Some(name) = frame.names.next() else {
-            stack.pop();
-            continue;
-        };
-        let path = frame.path.join(&name);
-        let parent = frame.ino;
-        if let Some(child) = ingest.entry(parent, &path, name.as_bytes())? {
-            stack.push(child);
-        }
-    }
+    })?;
     ingest.builder.finish()
 }
 
 /// A directory being walked: its remaining entries, sorted by name.
-struct Frame {
-    path: PathBuf,
-    ino: Ino,
-    names: std::vec::IntoIter<OsString>,
+pub(crate) struct Frame {
+    pub(crate) path: PathBuf,
+    pub(crate) ino: Ino,
+    pub(crate) names: std::vec::IntoIter<OsString>,
 }
 
-/// State of one [`ingest_dir`] run.
-struct Ingest<'s, 'p> {
-    builder: LayerBuilder<'s>,
+/// State of one [`ingest_dir`] run (also used by [`crate::apply`]).
+pub(crate) struct Ingest<'s, 'p> {
+    pub(crate) builder: LayerBuilder<'s>,
     /// (st_dev, st_ino) of nodes with several links → the node they became.
     links: HashMap<(u64, u64), Ino>,
-    progress: &'p dyn Progress,
+    pub(crate) progress: &'p dyn Progress,
 }
 
-impl Ingest<'_, '_> {
+impl<'s, 'p> Ingest<'s, 'p> {
+    /// Starts an ingest into `builder`.
+    pub(crate) fn new(builder: LayerBuilder<'s>, progress: &'p dyn Progress) -> Self {
+        Ingest {
+            builder,
+            links: HashMap::new(),
+            progress,
+        }
+    }
+
+    /// Adds everything below the directory of `root` (already added as `root.ino`).
+    pub(crate) fn walk(&mut self, root: Frame) -> Result<()> {
+        let mut stack = vec![root];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.names.next() else {
+                stack.pop();
+                continue;
+            };
+            let path = frame.path.join(&name);
+            let parent = frame.ino;
+            if let Some(child) = self.entry(parent, &path, name.as_bytes())? {
+                stack.push(child);
+            }
+        }
+        Ok(())
+    }
+
     /// Adds one entry; returns a frame to walk if it is a directory.
-    fn entry(&mut self, parent: Ino, path: &Path, name: &[u8]) -> Result<Option<Frame>> {
+    pub(crate) fn entry(&mut self, parent: Ino, path: &Path, name: &[u8]) -> Result<Option<Frame>> {
         let meta = lstat(path)?;
         let ft = meta.file_type();
         if ft.is_dir() {
@@ -520,11 +566,15 @@ impl Ingest<'_, '_> {
         let mut node = node_from_meta(path, &meta)?;
         let ino = if ft.is_file() {
             let mut file = open_nofollow(path)?;
-            let mut reader = PathReader { file: &mut file, path };
+            let mut reader = PathReader {
+                file: &mut file,
+                path,
+            };
             self.builder.add_file(parent, name, node, &mut reader)?
         } else {
             if ft.is_symlink() {
-                let target = fs::read_link(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+                let target = fs::read_link(path)
+                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
                 node.content = Content::Inline(target.as_os_str().as_bytes().to_vec());
             }
             self.builder.add(parent, name, node)?
@@ -532,7 +582,8 @@ impl Ingest<'_, '_> {
         if meta.nlink() > 1 {
             self.links.insert(key, ino);
         }
-        self.progress.advance(if ft.is_file() { meta.len() } else { 0 }, 1);
+        self.progress
+            .advance(if ft.is_file() { meta.len() } else { 0 }, 1);
         Ok(None)
     }
 }
@@ -545,13 +596,16 @@ struct PathReader<'a> {
 
 impl Read for PathReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file
-            .read(buf)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", self.path.display())))
+        self.file.read(buf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", self.path.display()),
+            )
+        })
     }
 }
 
-fn lstat(path: &Path) -> Result<Metadata> {
+pub(crate) fn lstat(path: &Path) -> Result<Metadata> {
     fs::symlink_metadata(path).map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))
 }
 
@@ -564,16 +618,16 @@ fn open_nofollow(path: &Path) -> Result<File> {
 }
 
 /// A directory's entry names, sorted, without the overlay opaque marker.
-struct Listing {
-    names: Vec<OsString>,
+pub(crate) struct Listing {
+    pub(crate) names: Vec<OsString>,
     /// A `.wh..wh..opq` entry was present.
-    opaque: bool,
+    pub(crate) opaque: bool,
 }
 
 /// The name overlayfs (and aufs) use to mark a directory opaque.
 const OPAQUE_ENTRY: &[u8] = b".wh..wh..opq";
 
-fn list_dir(path: &Path) -> Result<Listing> {
+pub(crate) fn list_dir(path: &Path) -> Result<Listing> {
     let ctx = |e| Error::io(format!("cannot read directory {}", path.display()), e);
     let mut names = Vec::new();
     let mut opaque = false;
@@ -614,7 +668,7 @@ fn kind_of(meta: &Metadata) -> NodeKind {
 }
 
 /// A node with everything lstat and the xattrs say (content left empty).
-fn node_from_meta(path: &Path, meta: &Metadata) -> Result<Node> {
+pub(crate) fn node_from_meta(path: &Path, meta: &Metadata) -> Result<Node> {
     let kind = kind_of(meta);
     let (xattrs, opaque) = filter_xattrs(xattr::list(path)?);
     let mut node = Node::new(kind, meta.mode());
@@ -635,7 +689,10 @@ fn node_from_meta(path: &Path, meta: &Metadata) -> Result<Node> {
 /// Drops overlay-internal xattrs; tells whether they marked the node opaque.
 fn filter_xattrs(all: Vec<Xattr>) -> (Vec<Xattr>, bool) {
     let opaque = all.iter().any(xattr::is_opaque_marker);
-    let kept = all.into_iter().filter(|x| !xattr::is_overlay(&x.name)).collect();
+    let kept = all
+        .into_iter()
+        .filter(|x| !xattr::is_overlay(&x.name))
+        .collect();
     (kept, opaque)
 }
 

@@ -9,6 +9,9 @@
 //! HOME/objects/ab/cdef…    file content > INLINE_MAX bytes, named by blake3 (hex, 2-char fan-out)
 //! HOME/objects/tmp/        temp files being written; renamed into place once synced
 //! HOME/checkouts/          layer checkouts for the kernel overlayfs path
+//! HOME/instances/<id>/     an instance's upper/ and work/ (made by the stacko crate)
+//! HOME/edits/<image>/      upper/, work/, mnt/ of an image being edited
+//! HOME/stackpoints/<name>  default mount directory of a stackpoint
 //! ```
 //!
 //! sled trees (keys are big-endian bytes built in [`keys`], values are
@@ -22,6 +25,9 @@
 //! | `dirents`       | layer ‖ parent ino ‖ name    | [`records::DirentRecord`] |
 //! | `layer_objects` | layer ‖ digest               | empty            |
 //! | `object_layers` | digest ‖ layer               | empty            |
+//! | `stackpoints`   | name (UTF-8)                 | [`stackpoints::StackpointRecord`] |
+//! | `instances`     | instance id (u64)            | [`stackpoints::InstanceRecord`] |
+//! | `image_users`   | image name (UTF-8)           | [`stackpoints::ImageUsersRecord`] |
 //!
 //! # Atomicity
 //!
@@ -35,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod apply;
 pub mod checkout;
 pub mod error;
 mod gc;
@@ -44,6 +51,7 @@ pub mod objects;
 pub mod progress;
 pub mod read;
 pub mod records;
+pub mod stackpoints;
 pub mod store;
 pub mod tar;
 mod xattr;

@@ -86,14 +86,20 @@ impl ObjectDir {
 
     fn remove_stale_temps(&self) -> Result<()> {
         let tmp = self.root.join(TMP_DIR);
-        let entries = fs::read_dir(&tmp).map_err(|e| Error::io(format!("listing {}", tmp.display()), e))?;
+        let entries =
+            fs::read_dir(&tmp).map_err(|e| Error::io(format!("listing {}", tmp.display()), e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(format!("listing {}", tmp.display()), e))?;
             let path = entry.path();
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing stale temp file {}", path.display()), e)),
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("removing stale temp file {}", path.display()),
+                        e,
+                    ))
+                }
             }
         }
         Ok(())
@@ -113,7 +119,8 @@ impl ObjectDir {
     /// Streams `data` into a temp file while hashing it. If an object with
     /// the same digest exists, the temp file is dropped at once.
     pub fn write(&self, data: &mut dyn Read) -> Result<PendingObject> {
-        self.write_prefixed(&[], data).map(|p| self.drop_if_present(p))
+        self.write_prefixed(&[], data)
+            .map(|p| self.drop_if_present(p))
     }
 
     /// If the object is already in place, deletes the temp file.
@@ -148,7 +155,10 @@ impl ObjectDir {
     fn create_temp(&self) -> Result<(PathBuf, File)> {
         loop {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
-            let path = self.root.join(TMP_DIR).join(format!("{}-{n}", std::process::id()));
+            let path = self
+                .root
+                .join(TMP_DIR)
+                .join(format!("{}-{n}", std::process::id()));
             let opened = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -157,7 +167,12 @@ impl ObjectDir {
             match opened {
                 Ok(f) => return Ok((path, f)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io(format!("creating temp object {}", path.display()), e)),
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("creating temp object {}", path.display()),
+                        e,
+                    ))
+                }
             }
         }
     }
@@ -202,13 +217,17 @@ impl ObjectDir {
             let _ = fs::remove_file(&tmp);
             return Ok(None);
         }
-        let fanout = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let fanout = dest
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         match fs::create_dir(&fanout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io(format!("creating {}", fanout.display()), e)),
         }
-        fs::rename(&tmp, &dest).map_err(|e| Error::io(format!("renaming object into {}", dest.display()), e))?;
+        fs::rename(&tmp, &dest)
+            .map_err(|e| Error::io(format!("renaming object into {}", dest.display()), e))?;
         Ok(Some(fanout))
     }
 
@@ -244,7 +263,11 @@ impl ObjectDir {
                 continue;
             }
             let dir = fanout.path();
-            if !fanout.file_type().map_err(|e| Error::io(ctx(&dir), e))?.is_dir() {
+            if !fanout
+                .file_type()
+                .map_err(|e| Error::io(ctx(&dir), e))?
+                .is_dir()
+            {
                 continue;
             }
             for obj in fs::read_dir(&dir).map_err(|e| Error::io(ctx(&dir), e))? {
@@ -283,7 +306,11 @@ fn stream_into(file: &mut File, head: &[u8], data: &mut dyn Read) -> Result<(Obj
 /// Creates a directory (mode 0700) if it does not exist.
 pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(path) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+    {
         Ok(()) => Ok(()),
         Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
     }
@@ -295,7 +322,10 @@ pub(crate) fn syncfs(dir: &Path) -> Result<()> {
     // SAFETY: plain syscall on a valid, open file descriptor.
     let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
     if rc != 0 {
-        return Err(Error::io(format!("syncfs {}", dir.display()), io::Error::last_os_error()));
+        return Err(Error::io(
+            format!("syncfs {}", dir.display()),
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -303,7 +333,8 @@ pub(crate) fn syncfs(dir: &Path) -> Result<()> {
 /// fsyncs a directory (makes renames and creations in it durable).
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     let f = File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
-    f.sync_all().map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
+    f.sync_all()
+        .map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
 }
 
 /// A path as a C string (paths never hold NUL bytes on unix, but check).

@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::records::{decode, Content, DirEntry, DirentRecord, Ino, LayerId, Node, NodeKind, Xattr};
+use crate::records::{
+    decode, Content, DirEntry, DirentRecord, Ino, LayerId, Node, NodeKind, Xattr,
+};
 use crate::store::Store;
 
 /// An open handle on a node's content.
@@ -24,7 +26,9 @@ impl ContentReader {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         match self {
             ContentReader::Inline(bytes) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 let n = buf.len().min(bytes.len() - start);
                 buf[..n].copy_from_slice(&bytes[start..start + n]);
                 Ok(n)
@@ -73,7 +77,10 @@ impl Iterator for DirIter {
     type Item = Result<DirEntry>;
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.inner.next()?;
-        Some(item.map_err(Error::from).and_then(|(k, v)| entry_of(&k, &v)))
+        Some(
+            item.map_err(Error::from)
+                .and_then(|(k, v)| entry_of(&k, &v)),
+        )
     }
 }
 

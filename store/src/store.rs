@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::ingest::{LayerBuilder, LayerSummary};
 use crate::objects::{create_private_dir, ObjectDir};
 use crate::records::{
-    decode, encode, validate_name, ImageRecord, ImageState, LayerId, LayerRecord, LayerState, ObjectId,
-    Timestamp,
+    decode, encode, validate_name, ImageRecord, ImageState, LayerId, LayerRecord, LayerState,
+    ObjectId, Timestamp,
 };
 use crate::{gc, keys};
 
@@ -50,6 +50,12 @@ pub struct Store {
     pub(crate) dirents: sled::Tree,
     pub(crate) layer_objects: sled::Tree,
     pub(crate) object_layers: sled::Tree,
+    /// Stackpoints by name (see [`crate::stackpoints`]).
+    pub(crate) stackpoints: sled::Tree,
+    /// Instances by id.
+    pub(crate) instances: sled::Tree,
+    /// Image name → the instances that use it.
+    pub(crate) image_users: sled::Tree,
     pub(crate) objects: ObjectDir,
     /// Layers being built or finished but not yet committed: never collected.
     pub(crate) active: Mutex<HashSet<LayerId>>,
@@ -103,12 +109,15 @@ fn open_db(path: &Path, opts: &StoreOptions) -> Result<sled::Db> {
 }
 
 /// Aborts a transaction with a store error.
-fn abort<T>(e: Error) -> std::result::Result<T, ConflictableTransactionError<Error>> {
+pub(crate) fn abort<T>(e: Error) -> std::result::Result<T, ConflictableTransactionError<Error>> {
     Err(ConflictableTransactionError::Abort(e))
 }
 
 /// Reads an image record inside a transaction.
-fn tx_image(images: &TransactionalTree, name: &str) -> std::result::Result<Option<ImageRecord>, ConflictableTransactionError<Error>> {
+pub(crate) fn tx_image(
+    images: &TransactionalTree,
+    name: &str,
+) -> std::result::Result<Option<ImageRecord>, ConflictableTransactionError<Error>> {
     match images.get(name.as_bytes())? {
         None => Ok(None),
         Some(v) => decode("images", &v).map(Some).or_else(abort),
@@ -116,7 +125,10 @@ fn tx_image(images: &TransactionalTree, name: &str) -> std::result::Result<Optio
 }
 
 /// Inside a transaction: checks that `layer` is a `Building` layer and marks it live.
-fn tx_make_live(layers: &TransactionalTree, layer: LayerId) -> std::result::Result<(), ConflictableTransactionError<Error>> {
+fn tx_make_live(
+    layers: &TransactionalTree,
+    layer: LayerId,
+) -> std::result::Result<(), ConflictableTransactionError<Error>> {
     let key = keys::layer(layer);
     let Some(v) = layers.get(key)? else {
         return abort(Error::Refused(format!("layer {layer} does not exist")));
@@ -147,7 +159,8 @@ impl Store {
     /// Opens with options; fails with [`crate::Error::Locked`] if another
     /// process holds the store longer than `lock_timeout`.
     pub fn open_with(home: &Path, opts: &StoreOptions) -> Result<Store> {
-        std::fs::create_dir_all(home).map_err(|e| Error::io(format!("creating {}", home.display()), e))?;
+        std::fs::create_dir_all(home)
+            .map_err(|e| Error::io(format!("creating {}", home.display()), e))?;
         let db = open_db(&home.join("db"), opts)?;
         let tree = |name: &str| db.open_tree(name);
         let store = Store {
@@ -158,6 +171,9 @@ impl Store {
             dirents: tree("dirents")?,
             layer_objects: tree("layer_objects")?,
             object_layers: tree("object_layers")?,
+            stackpoints: tree("stackpoints")?,
+            instances: tree("instances")?,
+            image_users: tree("image_users")?,
             objects: ObjectDir::open(&home.join("objects"))?,
             db,
             active: Mutex::new(HashSet::new()),
@@ -342,7 +358,12 @@ impl Store {
     /// In one transaction: points existing image `name` at the finished
     /// `layer` (its edits committed), sets its state, and releases the old
     /// layer. On error the finished layer is discarded.
-    pub fn replace_layer(&self, name: &str, layer: &LayerSummary, state: ImageState) -> Result<ImageRecord> {
+    pub fn replace_layer(
+        &self,
+        name: &str,
+        layer: &LayerSummary,
+        state: ImageState,
+    ) -> Result<ImageRecord> {
         match self.replace_layer_tx(name, layer, state) {
             Ok((rec, old)) => {
                 self.purge(old)?;
@@ -357,7 +378,12 @@ impl Store {
     }
 
     /// The transaction of [`Self::replace_layer`]; returns the new record and the old layer.
-    fn replace_layer_tx(&self, name: &str, layer: &LayerSummary, state: ImageState) -> Result<(ImageRecord, LayerId)> {
+    fn replace_layer_tx(
+        &self,
+        name: &str,
+        layer: &LayerSummary,
+        state: ImageState,
+    ) -> Result<(ImageRecord, LayerId)> {
         let _guard = lock(&self.image_lock);
         self.check_active(layer.layer)?;
         let (rec, old) = (&self.images, &self.layers).transaction(|(images, layers)| {
@@ -393,7 +419,8 @@ impl Store {
         Ok(rec)
     }
 
-    /// Deletes an image: refused while another image has it as parent.
+    /// Deletes an image: refused while another image has it as parent or an
+    /// instance uses it (checked in the transaction that deletes it).
     /// The record goes in one transaction; its layer's data and unreferenced
     /// objects are removed afterwards (or at the next open after a crash).
     pub fn delete_image(&self, name: &str) -> Result<()> {
@@ -404,10 +431,12 @@ impl Store {
                     "image {name} has child image {child}; delete it first"
                 )));
             }
-            let rec = self.images.transaction(|images| {
+            let trees = (&self.images, &self.image_users, &self.instances);
+            let rec = trees.transaction(|(images, users, instances)| {
                 let Some(rec) = tx_image(images, name)? else {
                     return abort(image_not_found(name));
                 };
+                crate::stackpoints::tx_refuse_if_used(users, instances, name)?;
                 images.remove(name.as_bytes())?;
                 Ok(rec)
             })?;
@@ -533,7 +562,12 @@ impl Store {
 
     /// Whether any layer references the object (rows in `object_layers`).
     pub fn object_referenced(&self, id: &ObjectId) -> Result<bool> {
-        Ok(self.object_layers.scan_prefix(id.0).next().transpose()?.is_some())
+        Ok(self
+            .object_layers
+            .scan_prefix(id.0)
+            .next()
+            .transpose()?
+            .is_some())
     }
 }
 

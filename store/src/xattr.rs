@@ -20,11 +20,17 @@ pub(crate) fn list(path: &Path) -> Result<Vec<Xattr>> {
     let names = match list_names(&c) {
         Ok(n) => n,
         Err(e) if unsupported(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("listing xattrs of {}", path.display()), e)),
+        Err(e) => {
+            return Err(Error::io(
+                format!("listing xattrs of {}", path.display()),
+                e,
+            ))
+        }
     };
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name).map_err(|_| Error::BadInput("xattr name with NUL".into()))?;
+        let cname =
+            CString::new(name).map_err(|_| Error::BadInput("xattr name with NUL".into()))?;
         match get(&c, &cname) {
             Ok(value) => out.push(Xattr {
                 name: name.to_vec(),
@@ -34,7 +40,11 @@ pub(crate) fn list(path: &Path) -> Result<Vec<Xattr>> {
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => {
                 return Err(Error::io(
-                    format!("reading xattr {} of {}", String::from_utf8_lossy(name), path.display()),
+                    format!(
+                        "reading xattr {} of {}",
+                        String::from_utf8_lossy(name),
+                        path.display()
+                    ),
                     e,
                 ))
             }
@@ -73,13 +83,21 @@ fn list_names(path: &CString) -> io::Result<Vec<u8>> {
 fn get(path: &CString, name: &CString) -> io::Result<Vec<u8>> {
     loop {
         // SAFETY: a NULL buffer of size 0 asks for the needed size.
-        let size = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        let size =
+            unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
         if size < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut buf = vec![0u8; size as usize];
         // SAFETY: buf is valid for buf.len() bytes.
-        let got = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let got = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
         if got >= 0 {
             buf.truncate(got as usize);
             return Ok(buf);
@@ -96,8 +114,20 @@ pub(crate) fn set(path: &Path, name: &[u8], value: &[u8]) -> Result<io::Result<(
     let c = cpath(path)?;
     let cname = CString::new(name).map_err(|_| Error::BadInput("xattr name with NUL".into()))?;
     // SAFETY: valid C strings and a value buffer of value.len() bytes.
-    let rc = unsafe { libc::lsetxattr(c.as_ptr(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    Ok(if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) })
+    let rc = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Ok(if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    })
 }
 
 /// Whether an xattr name is overlayfs-internal (never stored in a layer).

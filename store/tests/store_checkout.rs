@@ -35,7 +35,10 @@ fn shared_inodes(home: &Path) -> BTreeSet<u64> {
 
 fn import(store: &Store, src: &Path, name: &str, parent: Option<&str>) -> LayerId {
     let s = ingest_dir(store, src, &NoProgress).unwrap();
-    store.commit_image(name, parent, &s, ImageState::Sealed).unwrap().layer
+    store
+        .commit_image(name, parent, &s, ImageState::Sealed)
+        .unwrap()
+        .layer
 }
 
 /// Checks that the checkout at `co` shows exactly the layer.
@@ -64,7 +67,10 @@ fn assert_checkout_matches(store: &Store, layer: LayerId, co: &Path) {
         match node.kind {
             NodeKind::File => assert_eq!(fs::read(&full).unwrap(), read_all(store, node), "{what}"),
             NodeKind::Symlink => {
-                assert_eq!(fs::read_link(&full).unwrap().as_os_str().as_bytes(), store.readlink(node).unwrap())
+                assert_eq!(
+                    fs::read_link(&full).unwrap().as_os_str().as_bytes(),
+                    store.readlink(node).unwrap()
+                )
             }
             NodeKind::Dir => assert_eq!(disk.nlink, node.nlink, "{what}"),
             _ => {}
@@ -72,13 +78,21 @@ fn assert_checkout_matches(store: &Store, layer: LayerId, co: &Path) {
         let m = fs::symlink_metadata(&full).unwrap();
         if let Content::Object(_) = node.content {
             assert!(m.nlink() > 1, "{what} is linked, not copied");
-            assert!(shared.contains(&m.ino()), "{what} is the object or a variant");
+            assert!(
+                shared.contains(&m.ino()),
+                "{what} is the object or a variant"
+            );
         }
         if node.nlink > 1 && node.kind != NodeKind::Dir {
             for (other, (other_ino, _)) in &nodes {
                 if other_ino == ino {
                     let om = fs::symlink_metadata(co.join(other)).unwrap();
-                    assert_eq!(om.ino(), m.ino(), "hard links {what} and {}", other.display());
+                    assert_eq!(
+                        om.ino(),
+                        m.ino(),
+                        "hard links {what} and {}",
+                        other.display()
+                    );
                 }
             }
         }
@@ -91,7 +105,11 @@ fn fixture_with_overlay_bits(src: &Path) {
     fs::create_dir(src.join("opaque")).unwrap();
     set_xattr(&src.join("opaque"), "user.overlay.opaque", b"y");
     fs::write(src.join("opaque/f"), bytes(77, 6000)).unwrap();
-    fs::set_permissions(src.join("dir/sub/deeper"), std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    fs::set_permissions(
+        src.join("dir/sub/deeper"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
     set_all_times(src);
 }
 
@@ -109,16 +127,26 @@ fn checkout_matches_the_layer_and_links_objects() {
     let wh = fs::symlink_metadata(co.join("dir/whited-out")).unwrap();
     assert_eq!((wh.mode() & libc::S_IFMT, wh.rdev()), (libc::S_IFCHR, 0));
     let opq = get_xattrs(&co.join("opaque"));
-    assert!(opq.iter().any(|x| x.name == b"user.overlay.opaque" && x.value == b"y"));
+    assert!(opq
+        .iter()
+        .any(|x| x.name == b"user.overlay.opaque" && x.value == b"y"));
     if is_root() {
-        assert!(opq.iter().any(|x| x.name == b"trusted.overlay.opaque" && x.value == b"y"));
+        assert!(opq
+            .iter()
+            .any(|x| x.name == b"trusted.overlay.opaque" && x.value == b"y"));
     }
 
     // A second checkout of the same layer shares every object-backed inode.
     let co2 = store.checkouts_dir().join("two");
     checkout(&store, layer, &co2, &NoProgress).unwrap();
     assert_checkout_matches(&store, layer, &co2);
-    for p in ["dir/large.bin", "just-over", "setuid", "dir/hard1", "opaque/f"] {
+    for p in [
+        "dir/large.bin",
+        "just-over",
+        "setuid",
+        "dir/hard1",
+        "opaque/f",
+    ] {
         let a = fs::metadata(co.join(p)).unwrap();
         let b = fs::metadata(co2.join(p)).unwrap();
         assert_eq!(a.ino(), b.ino(), "{p}");
@@ -133,7 +161,13 @@ fn checkout_matches_the_layer_and_links_objects() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, [".variants", "one", "two"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        names,
+        [".variants", "one", "two"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
 
     let err = checkout(&store, layer, &co, &NoProgress).unwrap_err();
     assert!(matches!(err, Error::Exists { .. }), "{err}");
@@ -150,7 +184,11 @@ fn differing_metadata_gets_its_own_variant() {
         fs::write(dir.join("g"), &data).unwrap();
         fs::write(dir.join("h"), &data).unwrap();
         set_times(&dir.join("h"), (1, 0), (2_000_000, 7));
-        fs::set_permissions(dir.join("f"), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        fs::set_permissions(
+            dir.join("f"),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
         set_times(&dir.join("f"), (1, 0), (1_000_000, 5));
         set_times(&dir.join("g"), (1, 0), (1_000_000, 5));
     }
@@ -159,7 +197,10 @@ fn differing_metadata_gets_its_own_variant() {
     let store = Store::open(&home).unwrap();
     let la = import(&store, &a, "a", None);
     let lb = import(&store, &b, "b", None);
-    let (ca, cb) = (store.checkouts_dir().join("a"), store.checkouts_dir().join("b"));
+    let (ca, cb) = (
+        store.checkouts_dir().join("a"),
+        store.checkouts_dir().join("b"),
+    );
     checkout(&store, la, &ca, &NoProgress).unwrap();
     checkout(&store, lb, &cb, &NoProgress).unwrap();
     assert_checkout_matches(&store, la, &ca);
@@ -199,13 +240,24 @@ fn differing_metadata_gets_its_own_variant() {
     assert_checkout_matches(&store, lb, &cb);
     let variants = fs::read_dir(home.join("checkouts/.variants"))
         .unwrap()
-        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".claim"))
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".claim")
+        })
         .count();
     assert_eq!(variants, 3, "the three variants of b stay");
     fs::remove_dir_all(&cb).unwrap();
     drop(store);
     let _store = Store::open(&home).unwrap();
-    assert_eq!(fs::read_dir(home.join("checkouts/.variants")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(home.join("checkouts/.variants"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -227,7 +279,10 @@ fn checkouts_mount_as_overlay_lower_layers() {
     let store = Store::open(&tmp.path().join("home")).unwrap();
     let lb = import(&store, &base, "base", None);
     let lt = import(&store, &top, "top", Some("base"));
-    let (cb, ct) = (store.checkouts_dir().join("base"), store.checkouts_dir().join("top"));
+    let (cb, ct) = (
+        store.checkouts_dir().join("base"),
+        store.checkouts_dir().join("top"),
+    );
     checkout(&store, lb, &cb, &NoProgress).unwrap();
     checkout(&store, lt, &ct, &NoProgress).unwrap();
     let mnt = tmp.path().join("mnt");
@@ -253,6 +308,10 @@ fn checkouts_mount_as_overlay_lower_layers() {
             fs::read(mnt.join("d/y")).ok(),
         );
         let _ = Command::new("umount").arg(&mnt).status();
-        assert_eq!(seen, (false, Some(bytes(1, 9000)), false, Some(b"y".to_vec())), "with {opts}");
+        assert_eq!(
+            seen,
+            (false, Some(bytes(1, 9000)), false, Some(b"y".to_vec())),
+            "with {opts}"
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! the old version instead of editing the expected bytes.
 
 use stacko_store::{
-    decode, encode, Content, DirentRecord, Error, ImageRecord, ImageState, LayerRecord, LayerState, Node, NodeKind,
-    ObjectId, Timestamp, Xattr,
+    decode, encode, Content, DirentRecord, Error, ImageRecord, ImageState, LayerRecord, LayerState,
+    Node, NodeKind, ObjectId, Timestamp, Xattr,
 };
 
 fn ts(sec: i64, nsec: u32) -> Timestamp {
@@ -71,13 +71,14 @@ fn sample_layer() -> LayerRecord {
 }
 
 const NODE: &[u8] = &[
-    1, 0, 237, 19, 232, 7, 100, 2, 2, 128, 196, 159, 213, 12, 255, 147, 235, 220, 3, 9, 6, 5, 0, 2, 1, 5, 104, 101,
-    108, 108, 111, 1, 6, 117, 115, 101, 114, 46, 97, 1, 98, 0,
+    1, 0, 237, 19, 232, 7, 100, 2, 2, 128, 196, 159, 213, 12, 255, 147, 235, 220, 3, 9, 6, 5, 0, 2,
+    1, 5, 104, 101, 108, 108, 111, 1, 6, 117, 115, 101, 114, 46, 97, 1, 98, 0,
 ];
 
 const OBJECT_NODE: &[u8] = &[
-    1, 1, 237, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 129, 16, 3, 2, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171,
-    171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 0, 1,
+    1, 1, 237, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 129, 16, 3, 2, 171, 171, 171, 171, 171, 171, 171, 171,
+    171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171,
+    171, 171, 171, 171, 171, 0, 1,
 ];
 
 const DIRENT: &[u8] = &[1, 172, 2, 7];
@@ -109,13 +110,19 @@ fn dirent_golden_bytes() {
 #[test]
 fn image_golden_bytes() {
     assert_eq!(encode(&sample_image()), IMAGE);
-    assert_eq!(decode::<ImageRecord>("images", IMAGE).unwrap(), sample_image());
+    assert_eq!(
+        decode::<ImageRecord>("images", IMAGE).unwrap(),
+        sample_image()
+    );
 }
 
 #[test]
 fn layer_golden_bytes() {
     assert_eq!(encode(&sample_layer()), LAYER);
-    assert_eq!(decode::<LayerRecord>("layers", LAYER).unwrap(), sample_layer());
+    assert_eq!(
+        decode::<LayerRecord>("layers", LAYER).unwrap(),
+        sample_layer()
+    );
 }
 
 #[test]
@@ -141,6 +148,9 @@ fn decode_rejects_trailing_bytes() {
 fn decode_rejects_empty_and_truncated_values() {
     assert!(decode::<Node>("nodes", &[]).is_err());
     for len in 1..NODE.len() {
-        assert!(decode::<Node>("nodes", &NODE[..len]).is_err(), "prefix of {len} bytes decoded");
+        assert!(
+            decode::<Node>("nodes", &NODE[..len]).is_err(),
+            "prefix of {len} bytes decoded"
+        );
     }
 }

@@ -212,9 +212,11 @@ pub enum Allowed {
     /// sibling was removed or split; stacko shows the true count. Accepted only when the engine's
     /// value equals the harness's link model.
     NlinkStale,
-    /// `rename(a, b)` where `a` and `b` are hard links of one lower file: kernel overlayfs sees two
-    /// inodes and removes `a`; POSIX (and stacko, one inode) does nothing. Accepted when the engine
-    /// kept both names; the harness re-creates `a` on the kernel side.
+    /// `rename(a, b)` (or RENAME_EXCHANGE) where `a` and `b` are hard links of one lower file:
+    /// kernel overlayfs sees two inodes and removes `a` (or swaps them), changing the parents'
+    /// mtimes; POSIX (and the VFS, for one inode, as in stacko) does nothing. Accepted when the
+    /// engine kept both names; the harness re-creates `a` on the kernel side and restores the
+    /// parents' times, and the tree comparison then checks the engine did nothing.
     RenameOntoOwnLink,
 }
 
@@ -227,8 +229,9 @@ pub enum Observed<'a> {
     Nlink { kernel: u64, engine: u64, model: u64 },
     /// A hard-link group: whether all names are one inode on each side.
     LinkGroup { kernel_joined: bool, engine_joined: bool },
-    /// After a successful `rename(a, b)` of two names of one inode: whether `a` still exists.
-    RenameOntoOwnLink { kernel_kept_source: bool, engine_kept_source: bool },
+    /// After a successful rename or exchange of two names of one inode: whether the kernel
+    /// changed anything (removed `a`, or touched the parents' mtimes), whether the engine kept `a`.
+    RenameOntoOwnLink { kernel_changed: bool, engine_kept_source: bool },
 }
 
 /// The complete list of differences from kernel overlayfs the harness tolerates; each one is a
@@ -247,7 +250,7 @@ pub fn allowed_difference(o: &Observed) -> Option<Allowed> {
         } if (k0, k1, k2, k3, k4) == (e0, e1, e2, e3, e4) && kn != en && *en == model_nlink => Some(Allowed::NlinkStale),
         Observed::Nlink { kernel, engine, model } if kernel != engine && engine == model => Some(Allowed::NlinkStale),
         Observed::LinkGroup { kernel_joined: false, engine_joined: true } => Some(Allowed::HardLinkSplit),
-        Observed::RenameOntoOwnLink { kernel_kept_source: false, engine_kept_source: true } => {
+        Observed::RenameOntoOwnLink { kernel_changed: true, engine_kept_source: true } => {
             Some(Allowed::RenameOntoOwnLink)
         }
         _ => None,
@@ -438,20 +441,44 @@ pub fn remove_tree(p: &Path) -> Result<(), Errno> {
     }
 }
 
-/// Makes every name of `group` one inode again on the kernel side: the most recently changed
-/// name (the copied-up one) wins, the others are replaced by hard links to it.
-fn rejoin(root: &Path, group: &[String]) -> Result<(), String> {
-    let stats: Vec<(String, libc::stat)> = group
+/// The real identity of a kernel-side name: (is in the upper dir, inode number there or in the
+/// lower layer). Kernel overlayfs's own `st_ino` is not usable for this: after a copy-up, a
+/// name reached through the origin reports the lower inode number and a name created by
+/// link(2) reports the upper one, for the same inode.
+fn kernel_identity(k_upper: &Path, k_root: &Path, m: &str) -> Result<(bool, u64, libc::stat), String> {
+    if let Ok(st) = sys::lstat(&k_upper.join(m)) {
+        let whiteout = st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0;
+        if !whiteout {
+            return Ok((true, st.st_ino as u64, st));
+        }
+    }
+    let st = sys::lstat(&p(k_root, m)).map_err(|e| format!("harness: lstat {m} on the kernel side: {}", errno_name(e)))?;
+    Ok((false, st.st_ino as u64, st))
+}
+
+/// True when all names of `group` are one inode on the kernel side.
+fn kernel_joined(k_upper: &Path, k_root: &Path, group: &[String]) -> Result<bool, String> {
+    let ids: Vec<(bool, u64)> = group
         .iter()
-        .map(|m| sys::lstat(&p(root, m)).map(|s| (m.clone(), s)).map_err(|e| format!("harness: rejoin lstat {m}: {}", errno_name(e))))
+        .map(|m| kernel_identity(k_upper, k_root, m).map(|(u, i, _)| (u, i)))
         .collect::<Result<_, _>>()?;
-    let canon = stats
+    Ok(ids.iter().all(|x| *x == ids[0]))
+}
+
+/// Makes every name of `group` one inode again on the kernel side: the copied-up name (most
+/// recently changed) wins, the others are replaced by hard links to it.
+fn rejoin(k_upper: &Path, root: &Path, group: &[String]) -> Result<(), String> {
+    let ids: Vec<(String, (bool, u64, libc::stat))> = group
         .iter()
-        .max_by_key(|(_, s)| (s.st_ctime, s.st_ctime_nsec, s.st_nlink))
-        .map(|(m, s)| (m.clone(), s.st_ino))
+        .map(|m| kernel_identity(k_upper, root, m).map(|id| (m.clone(), id)))
+        .collect::<Result<_, _>>()?;
+    let canon = ids
+        .iter()
+        .max_by_key(|(_, (up, _, s))| (*up, s.st_ctime, s.st_ctime_nsec))
+        .map(|(m, (up, ino, _))| (m.clone(), (*up, *ino)))
         .expect("non-empty group");
-    for (m, s) in &stats {
-        if s.st_ino != canon.1 {
+    for (m, (up, ino, _)) in &ids {
+        if (*up, *ino) != canon.1 {
             let target = p(root, m);
             let tmp = target.with_file_name(".rejoin");
             // The re-link is the harness's doing: keep the parent's times as they were.
@@ -467,6 +494,9 @@ fn rejoin(root: &Path, group: &[String]) -> Result<(), String> {
             )
             .map_err(|e| format!("harness: rejoin restoring times of the parent of {m}: {}", errno_name(e)))?;
         }
+    }
+    if !kernel_joined(k_upper, root, group)? {
+        return Err(format!("harness: rejoin of {group:?} did not join them"));
     }
     Ok(())
 }
@@ -486,6 +516,7 @@ pub struct Case {
     kernel_mount: KernelOverlay,
     actor_creds: Option<(u32, u32)>,
     k_root: PathBuf,
+    k_upper: PathBuf,
     e_root: PathBuf,
     k_fixture: Fixture,
     e_fixture: Fixture,
@@ -537,6 +568,7 @@ impl Case {
             kernel_mount,
             actor_creds: user,
             k_root: kb.join("m"),
+            k_upper: kb.join("u"),
             e_root: eb.join("m"),
             links: Links::new(&k_fixture.link_groups),
             k_fixture,
@@ -587,6 +619,18 @@ impl Case {
             let (r, keep) = (e_root.clone(), keep.clone());
             actor.run(move || keep.iter().map(|(b, _, follow)| ino_of(&r, b, *follow)).collect())
         };
+        // Parent times on the kernel side before a rename onto another name of the same file,
+        // for the RenameOntoOwnLink fix-up (POSIX: such a rename changes nothing).
+        let own_link_parent_times: Vec<(PathBuf, libc::stat)> = match *op {
+            Op::Rename { from, to, flags } if flags != libc::RENAME_NOREPLACE && from != to && self.links.same(from, to) => [from, to]
+                .iter()
+                .filter_map(|x| {
+                    let par = p(&k_root, x).parent()?.to_path_buf();
+                    sys::lstat(&par).ok().map(|st| (par, st))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let k = {
             let (r, op) = (k_root.clone(), op.clone());
             actor.run(move || apply(&r, &op))
@@ -632,32 +676,45 @@ impl Case {
             }
         }
         if e.is_ok() {
-            // rename onto another name of the same inode: POSIX says nothing happens.
-            if let Op::Rename { from, to, flags: 0 } = *op {
-                if from != to && self.links.same(from, to) {
+            // rename/exchange of two names of the same inode: POSIX (and the VFS, for one inode)
+            // says nothing happens.
+            if let Op::Rename { from, to, flags } = *op {
+                if flags != libc::RENAME_NOREPLACE && from != to && self.links.same(from, to) {
                     let (kr, er) = (k_root.clone(), e_root.clone());
                     let (kk, ek) = actor.run(move || (sys::lstat(&kr.join(from)).is_ok(), sys::lstat(&er.join(from)).is_ok()));
-                    if kk != ek {
-                        match allowed_difference(&Observed::RenameOntoOwnLink { kernel_kept_source: kk, engine_kept_source: ek }) {
-                            Some(a) => {
+                    let times_changed = own_link_parent_times.iter().any(|(par, st)| {
+                        sys::lstat(par).map(|n| (n.st_mtime, n.st_mtime_nsec) != (st.st_mtime, st.st_mtime_nsec)).unwrap_or(true)
+                    });
+                    let kernel_changed = !kk || times_changed;
+                    let obs = Observed::RenameOntoOwnLink { kernel_changed, engine_kept_source: ek };
+                    match allowed_difference(&obs) {
+                        Some(a) => {
+                            if !kk {
                                 sys::link(&k_root.join(to), &k_root.join(from))
                                     .map_err(|er| self.fail(format!("harness: re-creating {from}: {}", errno_name(er))))?;
-                                self.transcript.push(format!("   (allowed: {a:?}; kernel side re-linked)"));
                             }
-                            None if !strict => self.links.remove(from),
-                            None => {
-                                return Err(self.fail(format!(
-                                    "op #{i} {op:?}: {from} and {to} are one file: POSIX rename must do nothing, but the engine removed {from}"
-                                )))
+                            for (par, st) in &own_link_parent_times {
+                                sys::utimens(
+                                    par,
+                                    (st.st_atime as i64, st.st_atime_nsec as i64),
+                                    (st.st_mtime as i64, st.st_mtime_nsec as i64),
+                                    false,
+                                )
+                                .map_err(|er| self.fail(format!("harness: restoring times of {}: {}", par.display(), errno_name(er))))?;
+                            }
+                            self.transcript.push(format!("   (allowed: {a:?}; kernel side made a no-op)"));
+                        }
+                        None if ek => {}
+                        None if !strict => {
+                            if flags == 0 {
+                                self.links.remove(from);
                             }
                         }
-                    } else if !ek {
-                        if strict {
+                        None => {
                             return Err(self.fail(format!(
                                 "op #{i} {op:?}: {from} and {to} are one file: POSIX rename must do nothing, but the engine removed {from}"
-                            )));
+                            )))
                         }
-                        self.links.remove(from);
                     }
                 }
             }
@@ -679,27 +736,23 @@ impl Case {
         }
         // Hard links: one inode with the right count on the engine; re-join the kernel's.
         for g in self.links.multi() {
-            let (kr, er, g2) = (k_root.clone(), e_root.clone(), g.clone());
-            let (ks, es) = actor.run(move || {
-                let st = |r: &Path| g2.iter().map(|m| sys::lstat(&r.join(m)).map(|s| (s.st_ino, s.st_nlink as u64))).collect::<Vec<_>>();
-                (st(&kr), st(&er))
+            let (er, g2) = (e_root.clone(), g.clone());
+            let es = actor.run(move || {
+                g2.iter().map(|m| sys::lstat(&er.join(m)).map(|s| (s.st_ino, s.st_nlink as u64))).collect::<Vec<_>>()
             });
-            let joined = |v: &Vec<Result<(u64, u64), Errno>>| {
-                v.iter().all(|r| r.is_ok()) && v.iter().all(|r| r.as_ref().map(|x| x.0).ok() == v[0].as_ref().map(|x| x.0).ok())
-            };
-            let e_ok = joined(&es) && es.iter().all(|r| r.as_ref().map(|x| x.1).ok() == Some(g.len() as u64));
-            if !joined(&ks) && ks.iter().any(|r| r.is_err()) {
-                return Err(self.fail(format!("harness: link model {g:?} lost track on the kernel side: {ks:?}")));
-            }
+            let e_ok = es.iter().all(|r| r.is_ok())
+                && es.iter().all(|r| r.as_ref().map(|x| x.0).ok() == es[0].as_ref().map(|x| x.0).ok())
+                && es.iter().all(|r| r.as_ref().map(|x| x.1).ok() == Some(g.len() as u64));
+            let k_joined = kernel_joined(&self.k_upper, &k_root, &g).map_err(|m| self.fail(format!("{m} (link model {g:?})")))?;
             if !e_ok && strict {
                 return Err(self.fail(format!(
                     "after op #{i} {op:?}: engine hard links {g:?} are not one inode with nlink {}: (ino, nlink) = {es:?}",
                     g.len()
                 )));
             }
-            if !joined(&ks) {
+            if !k_joined {
                 match allowed_difference(&Observed::LinkGroup { kernel_joined: false, engine_joined: e_ok }) {
-                    Some(_) => rejoin(&k_root, &g).map_err(|m| self.fail(m))?,
+                    Some(_) => rejoin(&self.k_upper, &k_root, &g).map_err(|m| self.fail(m))?,
                     None => {} // lax mode, engine split like the kernel
                 }
             }

@@ -119,12 +119,12 @@ fn run() -> Result<()> {
     let fs = OverlayFs::from_config(&args.config)?;
     let plan = fuse::plan(&args.config);
     let sigs = block_signals();
-    let mut mounted = fuse::mount(Arc::new(fs), &args.config, &plan, &args.mountpoint)
+    let mounted = fuse::mount(Arc::new(fs), &args.config, &plan, &args.mountpoint)
         .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
     if !args.foreground {
         daemonize()?;
     }
-    let mut unmounter = mounted.unmounter();
+    let unmounter = mounted.unmounter();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

@@ -12,8 +12,12 @@ use std::path::{Path, PathBuf};
 
 use stacko_store::{Content, Ino, LayerId, Node, NodeKind, Store, Timestamp, Xattr, ROOT_INO};
 
+/// Root of the initial user namespace (trusted xattrs, device nodes, mounts).
 pub fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
+    let init_ns = fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    init_ns && unsafe { libc::geteuid() == 0 }
 }
 
 pub fn cstr(p: &Path) -> CString {
@@ -22,8 +26,22 @@ pub fn cstr(p: &Path) -> CString {
 
 pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let n = CString::new(name).unwrap();
-    let rc = unsafe { libc::lsetxattr(cstr(p).as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(rc, 0, "setxattr {name} on {}: {}", p.display(), std::io::Error::last_os_error());
+    let rc = unsafe {
+        libc::lsetxattr(
+            cstr(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {name} on {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 pub fn get_xattrs(p: &Path) -> Vec<Xattr> {
@@ -36,7 +54,8 @@ pub fn get_xattrs(p: &Path) -> Vec<Xattr> {
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cn = CString::new(name).unwrap();
         let mut val = vec![0u8; 65536];
-        let m = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
+        let m =
+            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
         assert!(m >= 0);
         val.truncate(m as usize);
         out.push(Xattr {
@@ -60,13 +79,26 @@ pub fn set_times(p: &Path, atime: (i64, i64), mtime: (i64, i64)) {
             tv_nsec: mtime.1,
         },
     ];
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cstr(p).as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cstr(p).as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     assert_eq!(rc, 0, "utimensat {}", p.display());
 }
 
 pub fn mknod(p: &Path, mode: u32, dev: u64) {
     let rc = unsafe { libc::mknod(cstr(p).as_ptr(), mode, dev) };
-    assert_eq!(rc, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Deterministic pseudo-random bytes.
@@ -113,17 +145,37 @@ pub fn make_fixture(root: &Path) {
     mknod(&root.join("fifo"), libc::S_IFIFO | 0o640, 0);
     drop(std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap());
     fs::write(root.join("setuid"), bytes(5, 5000)).unwrap();
-    fs::set_permissions(root.join("setuid"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
-    fs::set_permissions(root.join("dir/sub"), std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
-    fs::set_permissions(root.join("small.txt"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        root.join("setuid"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    fs::set_permissions(
+        root.join("dir/sub"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    fs::set_permissions(
+        root.join("small.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     set_xattr(&root.join("small.txt"), "user.note", b"a note");
     set_xattr(&root.join("small.txt"), "user.empty", b"");
     set_xattr(&root.join("dir"), "user.dir", &bytes(6, 300));
     set_xattr(&root.join("just-over"), "user.bin", &[0, 1, 2, 255]);
     if is_root() {
         set_xattr(&root.join("dir/large.bin"), "trusted.stacko-test", b"t");
-        mknod(&root.join("null-dev"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
-        mknod(&root.join("blk-dev"), libc::S_IFBLK | 0o660, libc::makedev(7, 200));
+        mknod(
+            &root.join("null-dev"),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3),
+        );
+        mknod(
+            &root.join("blk-dev"),
+            libc::S_IFBLK | 0o660,
+            libc::makedev(7, 200),
+        );
         let c = cstr(&root.join("dir/hard1"));
         assert_eq!(unsafe { libc::lchown(c.as_ptr(), 1234, 5678) }, 0);
     }
@@ -138,14 +190,21 @@ pub fn set_all_times(root: &Path) {
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for (i, p) in all.iter().enumerate() {
         let i = i as i64;
-        set_times(p, future_atime(i), (1_600_000_000 + i * 1000, 100_000_001 + i));
+        set_times(
+            p,
+            future_atime(i),
+            (1_600_000_000 + i * 1000, 100_000_001 + i),
+        );
     }
     set_times(root, future_atime(-1), (1_500_000_000, 42));
 }
 
 /// Calls `f` for every entry below `root` (not root itself), parents first, sorted.
 pub fn walk(root: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata)) {
-    let mut names: Vec<_> = fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     for p in names {
         let m = fs::symlink_metadata(&p).unwrap();
@@ -180,13 +239,15 @@ pub fn expected_node(path: &Path) -> Node {
     };
     let all = get_xattrs(path);
     let opaque = kind == NodeKind::Dir
-        && (all
-            .iter()
-            .any(|x| (x.name == b"trusted.overlay.opaque" || x.name == b"user.overlay.opaque") && x.value == b"y")
-            || path.join(".wh..wh..opq").exists());
+        && (all.iter().any(|x| {
+            (x.name == b"trusted.overlay.opaque" || x.name == b"user.overlay.opaque")
+                && x.value == b"y"
+        }) || path.join(".wh..wh..opq").exists());
     let xattrs: Vec<Xattr> = all
         .into_iter()
-        .filter(|x| !x.name.starts_with(b"trusted.overlay.") && !x.name.starts_with(b"user.overlay."))
+        .filter(|x| {
+            !x.name.starts_with(b"trusted.overlay.") && !x.name.starts_with(b"user.overlay.")
+        })
         .collect();
     let size = match kind {
         NodeKind::File | NodeKind::Symlink => m.len(),
@@ -212,7 +273,11 @@ pub fn expected_node(path: &Path) -> Node {
             nsec: m.ctime_nsec() as u32,
         },
         size,
-        rdev: if matches!(kind, NodeKind::CharDev | NodeKind::BlockDev) { m.rdev() } else { 0 },
+        rdev: if matches!(kind, NodeKind::CharDev | NodeKind::BlockDev) {
+            m.rdev()
+        } else {
+            0
+        },
         nlink,
         content: Content::Empty,
         xattrs,
@@ -226,7 +291,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
     out.insert(PathBuf::new(), expected_node(root));
     walk(root, &mut |p, _| {
         if p.file_name().map(|n| n.as_bytes()) != Some(b".wh..wh..opq") {
-            out.insert(p.strip_prefix(root).unwrap().to_path_buf(), expected_node(p));
+            out.insert(
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                expected_node(p),
+            );
         }
     });
     out
@@ -246,7 +314,10 @@ pub fn walk_layer(store: &Store, layer: LayerId) -> BTreeMap<PathBuf, (Ino, Node
                 assert!(prev < &e.name, "read_dir not sorted");
             }
             last = Some(e.name.clone());
-            let node = store.node(layer, e.ino).unwrap().expect("entry names a node");
+            let node = store
+                .node(layer, e.ino)
+                .unwrap()
+                .expect("entry names a node");
             assert_eq!(node.kind, e.kind, "entry kind");
             let p = dir.join(std::ffi::OsStr::from_bytes(&e.name));
             if node.kind == NodeKind::Dir {
@@ -292,5 +363,7 @@ pub fn objects_on_disk(home: &Path) -> (u64, u64) {
 
 /// Files in `objects/tmp`.
 pub fn temp_files(home: &Path) -> usize {
-    fs::read_dir(home.join("objects/tmp")).map(|d| d.count()).unwrap_or(0)
+    fs::read_dir(home.join("objects/tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
