@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """Generates benchmark trees for bench/*.sh.
 
-  gen_tree.py tree DEST NFILES SEED      a tree of NFILES files in nested dirs
+  gen_tree.py tree DEST NFILES SEED [START]
+                                         a tree of NFILES files in nested dirs, numbered
+                                         from START (default 0): two calls with the same
+                                         DEST layout and disjoint ranges give two layers
+                                         whose directories merge
+  gen_tree.py flat DEST NFILES PERDIR SEED
+                                         NFILES files in directories of PERDIR files
   gen_tree.py mutate DEST PERCENT SEED   rewrites PERCENT% of DEST's files with new content
   gen_tree.py big DEST MIB               one file of MIB MiB of incompressible data
 
@@ -22,18 +28,28 @@ def size_for(rng):
     return rng.randint(32 * 1024 + 1, 256 * 1024)
 
 
-def tree(dest, nfiles, seed):
+def tree(dest, nfiles, seed, start=0):
     rng = random.Random(seed)
     os.makedirs(dest, exist_ok=True)
-    for i in range(nfiles):
+    for i in range(start, start + nfiles):
         d = os.path.join(dest, "d%02d" % (i % 40), "e%02d" % ((i // 40) % 50))
-        if i < 2000:
+        if i - start < 2000:
             os.makedirs(d, exist_ok=True)
         path = os.path.join(d, "f%06d" % i)
         with open(path, "wb") as f:
             f.write(rng.randbytes(size_for(rng)))
         if i % 1000 == 0:
             os.symlink("f%06d" % i, path + ".lnk")
+
+
+def flat(dest, nfiles, perdir, seed):
+    rng = random.Random(seed)
+    for i in range(nfiles):
+        d = os.path.join(dest, "s%04d" % (i // perdir))
+        if i % perdir == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "g%06d" % i), "wb") as f:
+            f.write(rng.randbytes(size_for(rng)))
 
 
 def mutate(dest, percent, seed):
@@ -62,10 +78,13 @@ def big(dest, mib):
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "tree":
-        tree(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        start = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+        tree(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), start)
+    elif cmd == "flat":
+        flat(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     elif cmd == "mutate":
         mutate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "big":
         big(sys.argv[2], int(sys.argv[3]))
     else:
-        sys.exit("usage: gen_tree.py tree|mutate|big ...")
+        sys.exit("usage: gen_tree.py tree|flat|mutate|big ...")

@@ -20,10 +20,10 @@ mkdir -p "$WORK"
 
 tree_a=$WORK/tree-$N
 tree_b=$WORK/tree-$N-5pct
-big=$WORK/big-$BIG_MIB.bin
+big=$WORK/big-$BIG_MIB   # a directory holding one file of BIG_MIB MiB
 [ -d "$tree_a" ] || { echo "generating $tree_a"; python3 "$here/gen_tree.py" tree "$tree_a.tmp" "$N" 1 && mv "$tree_a.tmp" "$tree_a"; }
 [ -d "$tree_b" ] || { echo "generating $tree_b"; cp -a "$tree_a" "$tree_b.tmp" && python3 "$here/gen_tree.py" mutate "$tree_b.tmp" 5 2 && mv "$tree_b.tmp" "$tree_b"; }
-[ -f "$big" ] || { echo "generating $big"; mkdir -p "$big.d"; python3 "$here/gen_tree.py" big "$big.d/big" "$BIG_MIB"; mv "$big.d/big" "$big"; rmdir "$big.d"; }
+[ -d "$big" ] || { echo "generating $big"; mkdir -p "$big.tmp"; python3 "$here/gen_tree.py" big "$big.tmp/big.bin" "$BIG_MIB"; mv "$big.tmp" "$big"; }
 
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }

@@ -45,8 +45,12 @@ pub fn remove(store: &Store, layer: LayerId) {
 
 /// Removes checkouts whose layer no longer exists.
 pub fn remove_unused(svc: &Service) -> Result<()> {
-    let live: std::collections::HashSet<LayerId> =
-        svc.store().layer_records()?.into_iter().map(|(id, _)| id).collect();
+    let live: std::collections::HashSet<LayerId> = svc
+        .store()
+        .layer_records()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let dir = svc.store().checkouts_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(());

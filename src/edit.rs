@@ -53,15 +53,25 @@ impl Service {
 
     /// Refuses to edit an image something depends on.
     fn check_editable(&self, name: &str) -> Result<()> {
-        let advice = format!("make a new image on top of it (new-image NEW {name}) and edit that instead");
-        if let Some(child) = self.store().images()?.into_iter().find(|r| r.parent.as_deref() == Some(name)) {
+        let advice =
+            format!("make a new image on top of it (new-image NEW {name}) and edit that instead");
+        if let Some(child) = self
+            .store()
+            .images()?
+            .into_iter()
+            .find(|r| r.parent.as_deref() == Some(name))
+        {
             return Err(Error::Refused(format!(
                 "image {name} cannot be edited: image {} stacks on it; {advice}",
                 child.name
             )));
         }
         if let Some(&id) = self.store().image_users(name)?.first() {
-            let sp = self.store().instance(id)?.map(|i| i.stackpoint).unwrap_or_default();
+            let sp = self
+                .store()
+                .instance(id)?
+                .map(|i| i.stackpoint)
+                .unwrap_or_default();
             return Err(Error::Refused(format!(
                 "image {name} cannot be edited: it is used by instance {id} of stackpoint {sp}; {advice}"
             )));
@@ -93,13 +103,14 @@ impl Service {
         if !resuming {
             self.check_editable(name)?;
         }
-        let hint = format!("make the image from a directory with `stacko import-image {name} DIR` instead");
+        let hint = format!(
+            "make the image from a directory with `stacko import-image {name} DIR` instead"
+        );
         let engine = pick_backend(backend, &format!("image {name} for editing"), &hint)?;
         let spec = self.edit_spec(name)?;
         let root = instances::stack_root(self.store(), name)?;
         let made = (|| {
             instances::make_upper_work(&spec.upper, &spec.work, root.as_ref())?;
-            fsutil::make_dir(&spec.dir, 0o755)?;
             if rec.state == ImageState::Sealed {
                 self.store().set_image_state(name, ImageState::Open)?;
             }
@@ -123,7 +134,10 @@ impl Service {
         let rec = self.existing_image(name)?;
         if !is_editing(self.home(), name) {
             return match rec.state {
-                ImageState::Open => Ok(self.store().set_image_state(name, ImageState::Sealed)?.into()),
+                ImageState::Open => Ok(self
+                    .store()
+                    .set_image_state(name, ImageState::Sealed)?
+                    .into()),
                 ImageState::Sealed => Err(Error::Refused(format!(
                     "image {name} is sealed and not being edited: nothing to close"
                 ))),
@@ -136,18 +150,23 @@ impl Service {
                 backend::unmount(&spec.dir, true)?;
             }
             MountState::Mounted(_) => self.unmount_dir(&spec.dir, false).map_err(|e| {
-                Error::Refused(format!("cannot close image {name}: {e}; nothing was changed"))
+                Error::Refused(format!(
+                    "cannot close image {name}: {e}; nothing was changed"
+                ))
             })?,
         }
         let ancestors: Vec<_> = spec.layers.iter().skip(1).copied().collect();
         let _shared = self.shared();
-        let layer = apply_upper(self.store(), rec.layer, &ancestors, &spec.upper, progress).map_err(|e| {
-            Error::Refused(format!(
-                "cannot commit the edits of image {name}: {e}; the edits are kept \
+        let layer = apply_upper(self.store(), rec.layer, &ancestors, &spec.upper, progress)
+            .map_err(|e| {
+                Error::Refused(format!(
+                    "cannot commit the edits of image {name}: {e}; the edits are kept \
                  (edit-image {name} mounts them again)"
-            ))
-        })?;
-        let new = self.store().replace_layer(name, &layer, ImageState::Sealed)?;
+                ))
+            })?;
+        let new = self
+            .store()
+            .replace_layer(name, &layer, ImageState::Sealed)?;
         checkouts::remove(self.store(), rec.layer);
         fsutil::remove_tree(&edit_dir(self.home(), name))?;
         Ok(new.into())

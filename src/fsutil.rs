@@ -18,10 +18,12 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         Err(e) => return Err(Error::io(format!("cannot remove {}", path.display()), e)),
     };
     if !meta.is_dir() {
-        return fs::remove_file(path).map_err(|e| Error::io(format!("cannot remove {}", path.display()), e));
+        return fs::remove_file(path)
+            .map_err(|e| Error::io(format!("cannot remove {}", path.display()), e));
     }
     let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-    let entries = fs::read_dir(path).map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
+    let entries =
+        fs::read_dir(path).map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
         remove_tree(&entry.path())?;
@@ -35,13 +37,18 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 
 /// Whether directory `path` has no entries.
 pub fn is_empty_dir(path: &Path) -> Result<bool> {
-    let mut it = fs::read_dir(path).map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
+    let mut it =
+        fs::read_dir(path).map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
     Ok(it.next().is_none())
 }
 
 /// Creates `path` (and missing parents) with `mode` if it does not exist.
 pub fn make_dir(path: &Path, mode: u32) -> Result<()> {
-    match fs::DirBuilder::new().recursive(true).mode(mode).create(path) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+    {
         Ok(()) => Ok(()),
         Err(e) => Err(Error::io(format!("cannot create {}", path.display()), e)),
     }

@@ -66,7 +66,10 @@ fn copy_root_meta(dir: &Path, root: &Node) -> Result<()> {
     unsafe { libc::lchown(c.as_ptr(), root.uid, root.gid) };
     // SAFETY: valid path.
     if unsafe { libc::chmod(c.as_ptr(), (root.mode & 0o7777) as libc::mode_t) } != 0 {
-        return Err(Error::io(format!("cannot chmod {}", dir.display()), std::io::Error::last_os_error()));
+        return Err(Error::io(
+            format!("cannot chmod {}", dir.display()),
+            std::io::Error::last_os_error(),
+        ));
     }
     let ts = |t: stacko_store::Timestamp| libc::timespec {
         tv_sec: t.sec as libc::time_t,
@@ -74,6 +77,13 @@ fn copy_root_meta(dir: &Path, root: &Node) -> Result<()> {
     };
     let times = [ts(root.atime), ts(root.mtime)];
     // SAFETY: valid path and two timespecs; failure only loses the times.
-    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     Ok(())
 }

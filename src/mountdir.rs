@@ -43,7 +43,10 @@ impl Prepared {
 /// in the part that does not.
 pub fn canonical(path: &Path) -> Result<PathBuf> {
     if !path.is_absolute() {
-        return Err(Error::Invalid(format!("{} is not an absolute path", path.display())));
+        return Err(Error::Invalid(format!(
+            "{} is not an absolute path",
+            path.display()
+        )));
     }
     let mut existing = path.to_path_buf();
     let mut rest: Vec<std::ffi::OsString> = Vec::new();
@@ -133,7 +136,9 @@ pub fn prepare(
             }
             Ok(Prepared { dir, created: None })
         }
-        Ok(_) => Err(Error::Invalid(format!("--dir {shown} exists and is not a directory"))),
+        Ok(_) => Err(Error::Invalid(format!(
+            "--dir {shown} exists and is not a directory"
+        ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut top = dir.clone();
             while let Some(parent) = top.parent() {
@@ -143,7 +148,10 @@ pub fn prepare(
                 top = parent.to_path_buf();
             }
             fsutil::make_dir(&dir, 0o755)?;
-            Ok(Prepared { dir, created: Some(top) })
+            Ok(Prepared {
+                dir,
+                created: Some(top),
+            })
         }
         Err(e) => Err(Error::io(format!("cannot use {shown}"), e)),
     }
@@ -180,7 +188,11 @@ mod tests {
         let taken = t.path().join("taken");
         std::fs::create_dir_all(&taken).unwrap();
         let others = [sp("other", &taken)];
-        let err = |d: &Path, force: bool| prepare(&home, "n", Some(d), force, &others).unwrap_err().to_string();
+        let err = |d: &Path, force: bool| {
+            prepare(&home, "n", Some(d), force, &others)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(&file, false).contains("is not a directory"));
         assert!(err(&full, false).contains("is not empty"));
         assert!(err(&home.join("x"), false).contains("inside the stacko home"));
@@ -189,9 +201,19 @@ mod tests {
         assert!(err(&taken.join("a/b"), false).contains("inside the directory of stackpoint other"));
         assert!(!taken.join("a").exists());
         assert!(prepare(&home, "n", Some(&full), true, &others).is_ok());
-        let p = prepare(&home, "n", Some(&t.path().join("new/deeper")), false, &others).unwrap();
+        let p = prepare(
+            &home,
+            "n",
+            Some(&t.path().join("new/deeper")),
+            false,
+            &others,
+        )
+        .unwrap();
         assert!(p.dir.is_dir());
-        assert_eq!(p.created.as_deref(), Some(t.path().canonicalize().unwrap().join("new").as_path()));
+        assert_eq!(
+            p.created.as_deref(),
+            Some(t.path().canonicalize().unwrap().join("new").as_path())
+        );
         p.undo();
         assert!(!t.path().join("new").exists());
         let d = prepare(&home, "n", None, false, &others).unwrap();

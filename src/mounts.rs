@@ -87,6 +87,7 @@ impl Service {
                 )))
             }
         }
+        crate::fsutil::make_dir(&spec.dir, 0o755)?;
         match engine {
             Backend::Kernel => {
                 let lowers = checkouts::ensure_all(self, &spec.layers)?;
@@ -160,11 +161,13 @@ impl FuseMounts {
     /// Mounts the FUSE filesystem for `spec` and serves it in new threads
     /// until it is unmounted. Returns once the mount is usable.
     pub fn mount(&self, store: Arc<Store>, spec: &MountSpec) -> Result<()> {
-        let fail = |e: &dyn std::fmt::Display| {
-            Error::Io {
-                context: format!("cannot mount {} at {} with FUSE", spec.label, spec.dir.display()),
-                source: std::io::Error::other(e.to_string()),
-            }
+        let fail = |e: &dyn std::fmt::Display| Error::Io {
+            context: format!(
+                "cannot mount {} at {} with FUSE",
+                spec.label,
+                spec.dir.display()
+            ),
+            source: std::io::Error::other(e.to_string()),
         };
         stacko_fusefs::sys::raise_nofile_limit();
         open_up_work(&spec.work);

@@ -22,9 +22,16 @@ use crate::backend::{self, Kind, Plan};
 use crate::error::{Error, Result};
 
 /// Runs `argv` with stackpoint `name` mounted (see the module docs).
-pub fn run(api: &dyn Api, name: &str, requested: Option<Backend>, argv: &[OsString]) -> Result<ExitStatus> {
+pub fn run(
+    api: &dyn Api,
+    name: &str,
+    requested: Option<Backend>,
+    argv: &[OsString],
+) -> Result<ExitStatus> {
     let Some(program) = argv.first() else {
-        return Err(Error::Invalid("no command given: stacko run STACKPOINT -- COMMAND...".into()));
+        return Err(Error::Invalid(
+            "no command given: stacko run STACKPOINT -- COMMAND...".into(),
+        ));
     };
     if api.is_stackpoint_mounted(name)? {
         return spawn(argv);
@@ -34,7 +41,9 @@ pub fn run(api: &dyn Api, name: &str, requested: Option<Backend>, argv: &[OsStri
             api.mount_stackpoint(name, requested)?;
             spawn(argv)
         }
-        Plan::UserNs { inner: Kind::Kernel } => {
+        Plan::UserNs {
+            inner: Kind::Kernel,
+        } => {
             let plan = api.prepare_run(name)?;
             let setup = move || -> std::io::Result<()> {
                 backend::Overlay::new(plan.lowers)
@@ -44,7 +53,10 @@ pub fn run(api: &dyn Api, name: &str, requested: Option<Backend>, argv: &[OsStri
                     .map_err(std::io::Error::from)
             };
             backend::run_in_userns(setup, argv).map_err(|e| {
-                Error::io(format!("stacko run {name} -- {}", program.to_string_lossy()), e)
+                Error::io(
+                    format!("stacko run {name} -- {}", program.to_string_lossy()),
+                    e,
+                )
             })
         }
         Plan::UserNs { inner: Kind::Fuse } => Err(Error::Refused(

@@ -20,7 +20,8 @@ use crate::service::Service;
 use crate::{checkouts, edit, instances, mountdir};
 
 /// What to do when only `stacko run` can mount.
-const RUN_HINT: &str = "run commands in it with `stacko run NAME -- COMMAND...`, which mounts it in a user namespace";
+const RUN_HINT: &str =
+    "run commands in it with `stacko run NAME -- COMMAND...`, which mounts it in a user namespace";
 
 impl Service {
     /// The stackpoint `name`, which must exist.
@@ -70,7 +71,11 @@ impl Service {
     }
 
     fn info(&self, rec: &StackpointRecord) -> Result<StackpointInfo> {
-        let image = self.store().instance(rec.current)?.map(|i| i.image).unwrap_or_default();
+        let image = self
+            .store()
+            .instance(rec.current)?
+            .map(|i| i.image)
+            .unwrap_or_default();
         Ok(StackpointInfo {
             name: rec.name.clone(),
             dir: rec.dir_path(),
@@ -114,7 +119,6 @@ impl Service {
     fn mount_current(&self, rec: &StackpointRecord, engine: Backend) -> Result<()> {
         let inst = self.own_instance(rec, rec.current)?;
         let spec = self.instance_spec(rec, &inst)?;
-        crate::fsutil::make_dir(&spec.dir, 0o755)?;
         self.mount_spec(&spec, engine)
     }
 
@@ -130,7 +134,10 @@ impl Service {
         let was = mounted_as(&dir)?;
         if was.is_some() {
             self.unmount_dir(&dir, false).map_err(|e| {
-                Error::Refused(format!("cannot {what} stackpoint {}: {e}; nothing was changed", rec.name))
+                Error::Refused(format!(
+                    "cannot {what} stackpoint {}: {e}; nothing was changed",
+                    rec.name
+                ))
             })?;
         }
         match change() {
@@ -174,12 +181,21 @@ impl Service {
         }
         self.check_instance_image(&req.image)?;
         let others = self.store().stackpoints()?;
-        let prepared = mountdir::prepare(self.home(), &req.name, req.dir.as_deref(), req.force, &others)?;
+        let prepared = mountdir::prepare(
+            self.home(),
+            &req.name,
+            req.dir.as_deref(),
+            req.force,
+            &others,
+        )?;
         let made = (|| {
             let id = self.store().new_instance_id()?;
             self.make_instance_dirs(id, &req.image)?;
             let dir = prepared.dir.as_os_str().as_bytes();
-            match self.store().create_stackpoint(&req.name, dir, &req.image, id) {
+            match self
+                .store()
+                .create_stackpoint(&req.name, dir, &req.image, id)
+            {
                 Ok((rec, _)) => Ok(rec),
                 Err(e) => {
                     let _ = instances::remove(self.home(), id);
@@ -207,7 +223,9 @@ impl Service {
                 backend::unmount(&dir, true)?;
             }
             MountState::Mounted(_) => self.unmount_dir(&dir, false).map_err(|e| {
-                Error::Refused(format!("cannot delete stackpoint {name}: {e}; nothing was changed"))
+                Error::Refused(format!(
+                    "cannot delete stackpoint {name}: {e}; nothing was changed"
+                ))
             })?,
         }
         let (_, gone) = self.store().delete_stackpoint(name)?;
@@ -257,7 +275,12 @@ impl Service {
     }
 
     /// `cutover-stackpoint`.
-    pub(crate) fn sp_cutover(&self, name: &str, image: &str, reuse: bool) -> Result<StackpointInfo> {
+    pub(crate) fn sp_cutover(
+        &self,
+        name: &str,
+        image: &str,
+        reuse: bool,
+    ) -> Result<StackpointInfo> {
         let _g = self.state_lock();
         let rec = self.existing_stackpoint(name)?;
         self.check_instance_image(image)?;
@@ -275,10 +298,18 @@ impl Service {
             None => {
                 let id = self.store().new_instance_id()?;
                 self.make_instance_dirs(id, image)?;
-                (Switch::New { id, image: image.to_string() }, Some(id))
+                (
+                    Switch::New {
+                        id,
+                        image: image.to_string(),
+                    },
+                    Some(id),
+                )
             }
         };
-        let result = self.switch(&rec, "cut over", || Ok(self.store().cutover(name, &target)?.0));
+        let result = self.switch(&rec, "cut over", || {
+            Ok(self.store().cutover(name, &target)?.0)
+        });
         if let (Err(_), Some(id)) = (&result, fresh) {
             if self.store().instance(id)?.is_none() {
                 let _ = instances::remove(self.home(), id);
@@ -343,7 +374,11 @@ impl Service {
 
     /// `list-stackpoints`.
     pub(crate) fn sp_list(&self) -> Result<Vec<StackpointInfo>> {
-        self.store().stackpoints()?.iter().map(|r| self.info(r)).collect()
+        self.store()
+            .stackpoints()?
+            .iter()
+            .map(|r| self.info(r))
+            .collect()
     }
 
     /// `list-instances`.
@@ -352,7 +387,8 @@ impl Service {
             Some(n) => vec![self.existing_stackpoint(n)?],
             None => self.store().stackpoints()?,
         };
-        let current: std::collections::HashSet<InstanceId> = sps.iter().map(|s| s.current).collect();
+        let current: std::collections::HashSet<InstanceId> =
+            sps.iter().map(|s| s.current).collect();
         let mut out: Vec<InstanceInfo> = match name {
             Some(_) => sps[0]
                 .instances
@@ -380,6 +416,18 @@ impl Service {
         let rec = self.existing_stackpoint(name)?;
         let inst = self.own_instance(&rec, rec.current)?;
         let spec = self.instance_spec(&rec, &inst)?;
+        match backend::mount_state(&spec.dir)? {
+            MountState::NotMounted => {}
+            MountState::DeadFuse(_) => {
+                backend::unmount(&spec.dir, true)?;
+            }
+            MountState::Mounted(_) => {
+                return Err(Error::Refused(format!(
+                    "stackpoint {name} is mounted at {}: run the command there directly",
+                    spec.dir.display()
+                )))
+            }
+        }
         crate::fsutil::make_dir(&spec.dir, 0o755)?;
         let lowers: Vec<PathBuf> = checkouts::ensure_all(self, &spec.layers)?;
         Ok(RunPlan {

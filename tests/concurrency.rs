@@ -9,7 +9,8 @@
 //!   but are never overwritten), across dirs too;
 //! * directory rename: RENAME_NOREPLACE among `dA`, `dB`, `dC` (lower dirs);
 //! * readdir of the shared dirs and the root.
-//! Errors such as ENOENT (a name moved away meanwhile) are allowed. A watchdog fails the test
+//! Only the errors concurrent renames explain are allowed (ENOENT: a name moved away meanwhile;
+//! EEXIST: a RENAME_NOREPLACE target taken); any other errno fails the test. A watchdog fails the test
 //! (and kills the engine, which unblocks hung syscalls) if the threads have not finished after
 //! 120 s: a liveness bound, not a timing assertion. Then every file in the mount is read: every
 //! acknowledged record must be present exactly once, unacknowledged ones at most once, every
@@ -248,6 +249,20 @@ fn eight_threads_copy_up_rename_readdir() {
         }
     }
     eprintln!("concurrency: {} acknowledged appends, {} unacknowledged; errors seen: {errors:?}", acked.len(), maybe.len());
+    // Only the errors that concurrent renames explain are acceptable: a name moved away (ENOENT)
+    // or a RENAME_NOREPLACE target taken (EEXIST). EXDEV for a directory rename is a missing
+    // stacko improvement (tolerated only with STACKO_E2E_LAX=1, for peers).
+    let lax = std::env::var("STACKO_E2E_LAX").map(|v| v == "1").unwrap_or(false);
+    let unexpected: Vec<(&String, &u64)> = errors
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "open: ENOENT" | "rename: ENOENT" | "rename: EEXIST" | "dir rename: ENOENT" | "dir rename: EEXIST"
+            ) && !(lax && k.as_str() == "dir rename: EXDEV")
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "seed {seed}: unexpected errors under concurrency: {unexpected:?}\n--- engine log ---\n{}", mount.log());
     assert!(acked.len() as u64 > iters, "seed {seed}: too few appends succeeded ({}); errors: {errors:?}", acked.len());
     if let Err(m) = check_final(&root, &init, &acked, &maybe) {
         panic!("seed {seed}: after the threads finished: {m}");

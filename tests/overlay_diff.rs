@@ -163,3 +163,35 @@ fn regression_link_lower_fifo() {
 fn regression_copy_up_keeps_parent_mtime() {
     replay(&[Write { path: "d3/a", how: Plain, mode: 0o644, off: 0, len: 5, seed: 9 }, Readdir { path: "" }]);
 }
+
+/// Renaming a lower file that has a hard link, then truncating and writing it through the new
+/// name: both names must show the new 57 bytes (stacko-overlay kept showing the old 4096).
+#[test]
+fn regression_write_after_rename_of_lower_hard_link() {
+    replay(&[
+        Rename { from: "d1/x", to: "d1/s/b", flags: 0 },
+        Write { path: "d1/s/b", how: CreateTrunc, mode: 0o755, off: 0, len: 57, seed: 92 },
+    ]);
+}
+
+/// Unlinking one name of a lower hard-link pair: the other name's st_nlink must drop to 1
+/// (kernel overlayfs keeps showing the lower's 2; stacko-overlay did too).
+#[test]
+fn regression_nlink_after_unlinking_lower_hard_link() {
+    replay(&[Unlink { path: "s/y" }, Stat { path: "d1/x" }]);
+}
+
+/// O_TRUNC open + write past a punched-beyond-EOF range of a lower file.
+#[test]
+fn regression_trunc_write_after_punch_beyond_eof() {
+    replay(&[
+        Fallocate { path: "b", mode: 3, off: 200_000, len: 50_770 },
+        Write { path: "b", how: CreateTrunc, mode: 0o755, off: 200_000, len: 132, seed: 65 },
+    ]);
+}
+
+/// Renaming a lower file over a lower symlink keeps the file's mtime (rename does not touch it).
+#[test]
+fn regression_rename_lower_file_keeps_mtime() {
+    replay(&[Rename { from: "b", to: "c", flags: 0 }]);
+}

@@ -172,19 +172,33 @@ pub fn run(home: &Path, cmd: SpCommand) -> Result<ExitCode> {
             api.close_image(&name, &NoProgress)?;
         }
         SpCommand::GetImageDir { name } => line(api.image_dir(&name)?.display())?,
-        SpCommand::NewStackpoint { name, image, dir, force } => {
-            let info = api.new_stackpoint(&NewStackpoint { name, image, dir, force })?;
+        SpCommand::NewStackpoint {
+            name,
+            image,
+            dir,
+            force,
+        } => {
+            let info = api.new_stackpoint(&NewStackpoint {
+                name,
+                image,
+                dir,
+                force,
+            })?;
             line(info.current)?
         }
         SpCommand::DeleteStackpoint { name } => api.delete_stackpoint(&name)?,
-        SpCommand::NewStackpointInstance { name, image } => line(api.new_instance(&name, &image)?.id)?,
+        SpCommand::NewStackpointInstance { name, image } => {
+            line(api.new_instance(&name, &image)?.id)?
+        }
         SpCommand::SetStackpointInstance { name, instance } => {
             api.set_instance(&name, parse_instance(&instance)?)?;
         }
         SpCommand::DeleteStackpointInstance { name, instance } => {
             api.delete_instance(&name, parse_instance(&instance)?)?
         }
-        SpCommand::CutoverStackpoint { name, image, reuse } => line(api.cutover(&name, &image, reuse)?.current)?,
+        SpCommand::CutoverStackpoint { name, image, reuse } => {
+            line(api.cutover(&name, &image, reuse)?.current)?
+        }
         SpCommand::FallbackStackpoint { name, to } => {
             let to = to.as_deref().map(parse_instance).transpose()?;
             line(api.fallback(&name, to)?.current)?
@@ -219,7 +233,11 @@ pub fn run(home: &Path, cmd: SpCommand) -> Result<ExitCode> {
             };
             print(&text)?
         }
-        SpCommand::Run { name, backend, command } => {
+        SpCommand::Run {
+            name,
+            backend,
+            command,
+        } => {
             let status = stacko::run::run(&api, &name, backend, &command)?;
             drop(api);
             let code = stacko::run::exit_code(status);

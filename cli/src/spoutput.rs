@@ -36,7 +36,11 @@ pub fn stackpoints_table(sps: &[StackpointInfo]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "INSTANCE", "IMAGE", "MOUNTED", "DIR"], &rows, &[1])
+    table(
+        &["NAME", "INSTANCE", "IMAGE", "MOUNTED", "DIR"],
+        &rows,
+        &[1],
+    )
 }
 
 /// One stackpoint in JSON.
@@ -88,7 +92,11 @@ pub fn instances_table(insts: &[InstanceInfo]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "STACKPOINT", "IMAGE", "CURRENT", "CREATED"], &rows, &[0])
+    table(
+        &["ID", "STACKPOINT", "IMAGE", "CURRENT", "CREATED"],
+        &rows,
+        &[0],
+    )
 }
 
 /// One instance in JSON.

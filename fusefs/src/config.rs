@@ -33,6 +33,11 @@ pub struct FsConfig {
     /// Faster cold reads, but opening such a file for writing while it is open for reading
     /// fails with ETXTBSY (the kernel allows one backing file per inode).
     pub passthrough_lower: bool,
+    /// Names held in all by the merged lower-directory indexes ([`crate::lowerindex`]);
+    /// 0 turns the indexes off (every lookup then walks the layers).
+    pub lower_index_entries: usize,
+    /// A directory whose lower layers hold more names than this is not indexed.
+    pub lower_index_dir_entries: usize,
 }
 
 impl Default for FsConfig {
@@ -46,6 +51,8 @@ impl Default for FsConfig {
             writeback: false,
             dircache_dirs: 1024,
             passthrough_lower: false,
+            lower_index_entries: 400_000,
+            lower_index_dir_entries: 100_000,
         }
     }
 }
@@ -222,6 +229,7 @@ impl MountConfig {
                     self.ttl = Duration::from_secs(number(&key, v)? as u64)
                 }
                 "dircache" => self.fs.dircache_dirs = number(&key, v)?.max(1) as usize,
+                "lower_index" => self.fs.lower_index_entries = number(&key, v)? as usize,
                 "ro" => self.read_only = true,
                 "readdirplus" => self.readdirplus = on_off(&key, v)?,
                 "uidmapping" | "gidmapping" => {

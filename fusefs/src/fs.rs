@@ -15,6 +15,7 @@ use crate::dircache::{DirCache, DirEntry, Listing};
 use crate::dirlower::{attr_from_stat, parse_override_stat, WH_OPAQUE};
 use crate::error::{Errno, Result};
 use crate::lower::{Kind, Lower, LowerAttr, LowerEntry, LowerFile, Timestamp};
+use crate::lowerindex::{self, Hits, LowerIndex};
 use crate::node::{decode_lower, LowerRef, Node, NodeState, NodeTable, ROOT_INO};
 use crate::shard::ShardedMap;
 use crate::sys::{self, SetTime, XTarget};
@@ -157,6 +158,7 @@ pub struct OverlayFs {
     dir_handles: ShardedMap<Listing>,
     next_fh: AtomicU64,
     pub(crate) dircache: DirCache,
+    pub(crate) lindex: LowerIndex,
     passthrough: AtomicBool,
 }
 
@@ -228,6 +230,12 @@ impl OverlayFs {
         st.origin = st.lower_dirs.first().copied();
         nodes.insert_root(Node::new(ROOT_INO, Kind::Dir, st));
         let dircache = DirCache::new(cfg.dircache_dirs);
+        let lindex = LowerIndex::new(
+            cfg.dircache_dirs.max(64) * 4,
+            cfg.lower_index_entries,
+            cfg.lower_index_dir_entries,
+            16_384,
+        );
         Ok(OverlayFs {
             lowers,
             upper,
@@ -238,6 +246,7 @@ impl OverlayFs {
             dir_handles: ShardedMap::new(),
             next_fh: AtomicU64::new(1),
             dircache,
+            lindex,
             passthrough: AtomicBool::new(false),
         })
     }
@@ -301,25 +310,48 @@ impl OverlayFs {
     // ---------------------------------------------------------------- lookup and merge
 
     /// Merges `name` over the lower directories `dirs` (top first).
+    ///
+    /// Through the chain's index when there is one (or the chain is long enough to build
+    /// one), so the cost does not grow with the number of layers; see [`crate::lowerindex`].
     pub(crate) fn lower_merge(&self, dirs: &[LowerRef], name: &OsStr) -> Result<LowerHit> {
-        let mut hit = LowerHit { top: None, dirs: Vec::new() };
-        for &(layer, d) in dirs {
-            let l = &self.lowers[layer];
-            match l.lookup(d, name)? {
-                None => continue,
-                Some(e) if e.kind == Kind::Whiteout => break,
-                Some(e) => {
-                    if hit.top.is_none() {
-                        hit.top = Some((layer, e));
-                    }
-                    if e.kind != Kind::Dir {
-                        break;
-                    }
-                    hit.dirs.push((layer, e.ino));
-                    if l.is_opaque(e.ino)? {
-                        break;
-                    }
+        if dirs.is_empty() {
+            return Ok(LowerHit { top: None, dirs: Vec::new() });
+        }
+        if self.cfg.lower_index_entries > 0 {
+            if let Some(ix) = self.lindex.get(dirs) {
+                return self.hit_of(ix.get(name));
+            }
+            if dirs.len() >= lowerindex::INDEX_ON_LOOKUP_MIN_LAYERS {
+                if let Some(ix) = self.lindex.get_or_build(&self.lowers, dirs)? {
+                    return self.hit_of(ix.get(name));
                 }
+                if let Some(h) = self.lindex.get_name(dirs, name) {
+                    return self.hit_of(h.as_ref());
+                }
+                let h = lowerindex::walk_layers(&self.lowers, dirs, name)?;
+                self.lindex.put_name(dirs, name, h.clone());
+                return self.hit_of(h.as_ref());
+            }
+        }
+        let h = lowerindex::walk_layers(&self.lowers, dirs, name)?;
+        self.hit_of(h.as_ref())
+    }
+
+    /// Turns the layers holding a name into the merge result, applying opaque directories.
+    fn hit_of(&self, hits: Option<&Hits>) -> Result<LowerHit> {
+        let mut hit = LowerHit { top: None, dirs: Vec::new() };
+        let Some(h) = hits else { return Ok(hit) };
+        for &(layer, e) in h.as_slice() {
+            let layer = layer as usize;
+            if hit.top.is_none() {
+                hit.top = Some((layer, e));
+            }
+            if e.kind != Kind::Dir {
+                break;
+            }
+            hit.dirs.push((layer, e.ino));
+            if self.lowers[layer].is_opaque(e.ino)? {
+                break;
             }
         }
         Ok(hit)
@@ -1109,7 +1141,7 @@ impl OverlayFs {
     // ---------------------------------------------------------------- rename
 
     /// Makes sure the name (`parent`, `name`) of `node` exists in the upper directory.
-    fn ensure_upper_name(&self, node: &Arc<Node>, parent: &Node, name: &OsStr) -> Result<()> {
+    pub(crate) fn ensure_upper_name(&self, node: &Arc<Node>, parent: &Node, name: &OsStr) -> Result<()> {
         let dirfd = parent.st().dirfd.clone().ok_or(Errno::EIO)?;
         if matches!(sys::fstatat_opt(dirfd.as_raw_fd(), name)?, Some(st) if !whiteout::is_whiteout(&st)) {
             return Ok(());
@@ -1293,7 +1325,14 @@ impl OverlayFs {
     // ---------------------------------------------------------------- files
 
     fn upper_open_flags(&self, flags: i32) -> i32 {
-        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+        // O_TRUNC is kept: with FUSE_ATOMIC_O_TRUNC the kernel leaves truncation to open.
+        let keep = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_TRUNC
+            | libc::O_DIRECT
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME;
         let mut f = flags & keep;
         if self.cfg.writeback {
             f &= !libc::O_APPEND;
@@ -1586,7 +1625,21 @@ impl OverlayFs {
                 out.push(DirEntry { name: e.name, kind, ino });
             }
         }
-        for &(layer, d) in &dirs {
+        let ix = if self.cfg.lower_index_entries > 0 && !dirs.is_empty() {
+            self.lindex.get_or_build(&self.lowers, &dirs)?
+        } else {
+            None
+        };
+        if let Some(ix) = &ix {
+            out.reserve(ix.len());
+            for (name, (layer, e)) in ix.iter() {
+                if !seen.is_empty() && seen.contains(name) {
+                    continue;
+                }
+                out.push(DirEntry { name: name.to_os_string(), kind: e.kind, ino: self.nodes.inos.lower(layer, e.ino) });
+            }
+        }
+        for &(layer, d) in if ix.is_some() { &[][..] } else { &dirs[..] } {
             let mut err = None;
             self.lowers[layer].read_dir(d, None, &mut |name, e| {
                 if seen.contains(name) {

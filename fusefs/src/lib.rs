@@ -4,7 +4,8 @@
 //! * [`lower`]: the [`lower::Lower`] trait every layer source implements; [`dirlower`]: a
 //!   layer read from a plain directory.
 //! * [`upper`], [`whiteout`], [`xattr`]: the on-disk format of the upper and work directories.
-//! * [`node`]: the inode table; [`dircache`]: cached merged listings; [`copyup`]: copy-up.
+//! * [`node`]: the inode table; [`dircache`]: cached merged listings; [`lowerindex`]: merged
+//!   lower-directory indexes (lookups in O(1) of the depth); [`copyup`]: copy-up.
 //! * [`fs`]: the filesystem logic as plain methods (testable without FUSE).
 //! * [`fuse`]: the adapter to fuser (the only module that names it); [`config`]: mount options.
 
@@ -18,7 +19,9 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod lower;
+pub mod lowerindex;
 pub mod node;
+pub mod prepare;
 pub mod shard;
 pub mod sys;
 pub mod upper;

@@ -6,14 +6,35 @@
 //! * scratch files for atomic copy-up: `WORKDIR/work/` (the directory kernel overlayfs uses
 //!   too, and empties at mount);
 //! * stacko's hard-link index: `WORKDIR/stacko-index/<merged inode number in hex>`.
+//!
+//! # Mounting a stacko upper with kernel overlayfs
+//!
+//! Kernel overlayfs mounted with `-o userxattr` (the only form open to unprivileged users,
+//! and the one the kernel engine uses) turns `metacopy` off, does not follow
+//! `user.overlay.redirect` (a lookup of a non-opaque redirected directory fails with
+//! EPERM), and has no hard-link index. stacko uses all three, so an upper it wrote may
+//! hold metadata-only copies (the kernel would read zeros), renamed lower directories
+//! (the kernel would refuse them) and hard-link names not yet copied up (the kernel would
+//! show the lower inode, split from its copied-up siblings). **Before an upper written by
+//! stacko is mounted by the kernel engine, run [`prepare_for_kernel`] on it** (while it is
+//! not mounted). It costs what it costs: the data of every metadata-only copy is copied;
+//! every redirected directory is materialized as an opaque upper directory holding a copy
+//! of its whole lower subtree (data included); and when the hard-link index is not empty,
+//! the whole merged tree is walked to link the remaining names. An upper that used none
+//! of these features costs one walk of the upper directories.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use crate::config::FsConfig;
 use crate::dirlower::WH_OPAQUE;
 use crate::error::{Errno, Result};
+use crate::fs::OverlayFs;
+use crate::lower::Lower;
+pub use crate::prepare::PrepareStats;
 use crate::sys::{self, XTarget};
 use crate::{whiteout, xattr};
 
@@ -183,4 +204,24 @@ pub fn clear_dir(dirfd: RawFd) -> Result<()> {
         remove_tree(dirfd, &e.name)?;
     }
     Ok(())
+}
+
+/// Rewrites the upper directory `upper` (with its work directory `work`) over `lowers`
+/// (top first, as mounted) so that kernel overlayfs with `-o userxattr` reads the same tree
+/// stacko shows: metadata-only copies get their data, redirected directories become
+/// opaque upper directories holding their lower content, and names of hard-linked lower
+/// files not yet copied up are linked to their index entry. See the module documentation
+/// for the cost.
+///
+/// The upper must not be mounted meanwhile. Each step is atomic (copy-ups are built in the
+/// work directory and renamed into place; a metadata-only copy loses its mark only once its
+/// data is synced; a directory turns opaque only once its whole lower content is up), so an
+/// interrupted run leaves an upper that stacko still reads correctly, and running again
+/// finishes the job. Running it on a prepared upper changes nothing.
+pub fn prepare_for_kernel(lowers: &[Arc<dyn Lower>], upper: &Path, work: &Path) -> Result<PrepareStats> {
+    let up = Upper::open(upper, work)?;
+    // metacopy off: entries copied up here carry their data
+    let cfg = FsConfig { metacopy: false, ..FsConfig::default() };
+    let fs = OverlayFs::new(lowers.to_vec(), Some(up), cfg)?;
+    fs.prepare_for_kernel()
 }

@@ -289,3 +289,73 @@ fn foreground_mount_unmounts_on_sigterm_and_reports_errors() {
     assert!(st.success(), "daemon exit status {st:?}");
     assert!(!is_mounted(&d.p("m")));
 }
+
+#[test]
+fn prepared_upper_with_metacopy_redirects_and_links_reads_the_same_under_kernel_overlayfs() {
+    use stacko_fusefs::dirlower::DirLower;
+    use stacko_fusefs::upper::{prepare_for_kernel, PrepareStats};
+    use stacko_fusefs::Lower;
+    use std::sync::Arc;
+    if !fuse_available() || !is_root() {
+        return;
+    }
+    let d = Dirs::new();
+    fs::create_dir(d.p("l2/links")).unwrap();
+    fs::write(d.p("l2/links/a"), "linked").unwrap();
+    fs::hard_link(d.p("l2/links/a"), d.p("l2/links/b")).unwrap();
+    let m = d.p("m");
+    let mnt = stacko_mount(&d.opts("u", "w"), &m);
+    // metadata-only copies, a renamed lower directory holding one, one moved further into
+    // a new directory, and a hard-linked lower file written through one name
+    fs::set_permissions(m.join("big"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(m.join("dir/sub/deep"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::rename(m.join("dir"), m.join("moved")).unwrap();
+    fs::create_dir(m.join("fresh")).unwrap();
+    fs::rename(m.join("moved/sub"), m.join("fresh/sub2")).unwrap();
+    fs::write(m.join("links/a"), "changed through a").unwrap();
+    assert_eq!(fs::read_to_string(m.join("links/b")).unwrap(), "changed through a");
+    let seen = snapshot(&m);
+    umount(mnt);
+    assert!(get_xattr(&d.p("u/big"), "user.overlay.metacopy").is_some(), "chmod made a metadata-only copy");
+    assert!(get_xattr(&d.p("u/moved"), "user.overlay.redirect").is_some(), "rename made a redirect");
+    // Unprepared, the kernel reads this upper wrong: that is what the preparation fixes.
+    if let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) {
+        let big_ok = fs::read(d.p("k/big")).map(|b| b == vec![7u8; 300_000]).unwrap_or(false);
+        let moved_ok = fs::read_dir(d.p("k/moved")).is_ok() && fs::read(d.p("k/moved/f")).is_ok();
+        let link_ok = fs::read_to_string(d.p("k/links/b")).map(|s| s == "changed through a").unwrap_or(false);
+        assert!(!(big_ok && moved_ok && link_ok), "kernel overlayfs read the unprepared upper right");
+        umount(k);
+    }
+    let lowers: Vec<Arc<dyn Lower>> =
+        ["l1", "l2"].iter().map(|l| Arc::new(DirLower::open(&d.p(l)).unwrap()) as Arc<dyn Lower>).collect();
+    let st = prepare_for_kernel(&lowers, &d.p("u"), &d.p("w")).unwrap();
+    assert!(st.metacopy_filled >= 2, "{st:?}");
+    assert!(st.dirs_materialized >= 2, "{st:?}");
+    assert!(st.links_restored >= 1, "{st:?}");
+    assert!(get_xattr(&d.p("u/big"), "user.overlay.metacopy").is_none());
+    assert!(get_xattr(&d.p("u/moved"), "user.overlay.redirect").is_none());
+    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) else { return };
+    assert_eq!(snapshot(&d.p("k")), seen, "kernel overlayfs over the prepared upper");
+    umount(k);
+    // idempotent, and stacko still shows the same tree
+    assert_eq!(prepare_for_kernel(&lowers, &d.p("u"), &d.p("w")).unwrap().metacopy_filled, 0);
+    let again = prepare_for_kernel(&lowers, &d.p("u"), &d.p("w")).unwrap();
+    assert_eq!(PrepareStats { links_restored: 0, ..again }, PrepareStats::default(), "{again:?}");
+    let mnt = stacko_mount(&d.opts("u", "w"), &m);
+    assert_eq!(snapshot(&m), seen, "stacko over the prepared upper");
+    drop(mnt);
+}
+
+fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        None
+    } else {
+        buf.truncate(r as usize);
+        Some(buf)
+    }
+}

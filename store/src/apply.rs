@@ -41,7 +41,10 @@ pub fn apply_upper(
 ) -> Result<LayerSummary> {
     let meta = lstat(upper)?;
     if !meta.is_dir() {
-        return Err(Error::BadInput(format!("{} is not a directory", upper.display())));
+        return Err(Error::BadInput(format!(
+            "{} is not a directory",
+            upper.display()
+        )));
     }
     let base_root = store.node(base, ROOT_INO)?.ok_or_else(|| Error::Format {
         tree: "nodes",
@@ -110,7 +113,10 @@ impl Apply<'_, '_> {
             }
         }
         for n in upper_names {
-            names.entry(n.as_bytes().to_vec()).or_insert((None, false)).1 = true;
+            names
+                .entry(n.as_bytes().to_vec())
+                .or_insert((None, false))
+                .1 = true;
         }
         for (name, (base_entry, in_upper)) in names {
             if in_upper {
@@ -167,7 +173,11 @@ impl Apply<'_, '_> {
             None => (None, false),
         };
         node.opaque = hides;
-        let child_anc = if hides { Vec::new() } else { self.child_ancestors(anc, name)? };
+        let child_anc = if hides {
+            Vec::new()
+        } else {
+            self.child_ancestors(anc, name)?
+        };
         let ino = self.ingest.builder.add(dir, name, node)?;
         self.ingest.progress.advance(0, 1);
         self.merge(ino, base_dir, path, listing.names, &child_anc)
@@ -211,15 +221,24 @@ impl Apply<'_, '_> {
                 return Ok(());
             }
         }
-        let node = self.store.node(self.base, e.ino)?.ok_or_else(|| Error::Format {
-            tree: "nodes",
-            detail: format!("entry {:?} names a missing node", String::from_utf8_lossy(&e.name)),
-        })?;
+        let node = self
+            .store
+            .node(self.base, e.ino)?
+            .ok_or_else(|| Error::Format {
+                tree: "nodes",
+                detail: format!(
+                    "entry {:?} names a missing node",
+                    String::from_utf8_lossy(&e.name)
+                ),
+            })?;
         let (is_dir, nlink, size) = (node.kind == NodeKind::Dir, node.nlink, node.size);
         let ino = self.ingest.builder.add(dir, &e.name, node)?;
         if is_dir {
             self.ingest.progress.advance(0, 1);
-            let children: Vec<DirEntry> = self.store.read_dir(self.base, e.ino, None).collect::<Result<_>>()?;
+            let children: Vec<DirEntry> = self
+                .store
+                .read_dir(self.base, e.ino, None)
+                .collect::<Result<_>>()?;
             for c in &children {
                 self.copy_base(ino, c)?;
             }
@@ -244,19 +263,38 @@ mod tests {
     fn whiteout(p: &Path) {
         let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
         // SAFETY: valid path.
-        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) }, 0, "mknod {}", p.display());
+        assert_eq!(
+            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) },
+            0,
+            "mknod {}",
+            p.display()
+        );
     }
 
     fn opaque(p: &Path) {
         let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
         // SAFETY: valid path and value.
-        let r = unsafe { libc::setxattr(c.as_ptr(), c"user.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        let r = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"user.overlay.opaque".as_ptr(),
+                b"y".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
         assert_eq!(r, 0, "setxattr {}", p.display());
     }
 
     /// (name, kind) of every entry of a layer, depth first, with paths.
     fn listing(store: &Store, layer: LayerId) -> Vec<(String, NodeKind, bool)> {
-        fn walk(store: &Store, layer: LayerId, dir: Ino, prefix: &str, out: &mut Vec<(String, NodeKind, bool)>) {
+        fn walk(
+            store: &Store,
+            layer: LayerId,
+            dir: Ino,
+            prefix: &str,
+            out: &mut Vec<(String, NodeKind, bool)>,
+        ) {
             for e in store.read_dir(layer, dir, None) {
                 let e = e.unwrap();
                 let path = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
@@ -275,7 +313,11 @@ mod tests {
     fn content(store: &Store, layer: LayerId, path: &str) -> Vec<u8> {
         let mut ino = ROOT_INO;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            ino = store.lookup(layer, ino, part.as_bytes()).unwrap().unwrap().ino;
+            ino = store
+                .lookup(layer, ino, part.as_bytes())
+                .unwrap()
+                .unwrap()
+                .ino;
         }
         let node = store.node(layer, ino).unwrap().unwrap();
         let mut buf = vec![0u8; node.size as usize];
@@ -294,7 +336,9 @@ mod tests {
         fs::write(anc.join("keep"), b"k").unwrap();
         fs::write(anc.join("d/x"), b"x").unwrap();
         let anc_layer = ingest_dir(&store, &anc, &NoProgress).unwrap();
-        store.commit_image("anc", None, &anc_layer, ImageState::Sealed).unwrap();
+        store
+            .commit_image("anc", None, &anc_layer, ImageState::Sealed)
+            .unwrap();
         // Own layer: /own1, /own2 (hard link of own1), /big (object), /o/{a,b}, /m/{p,q}.
         let own = t.path().join("own");
         fs::create_dir_all(own.join("o")).unwrap();
@@ -307,7 +351,9 @@ mod tests {
         fs::write(own.join("m/p"), b"p").unwrap();
         fs::write(own.join("m/q"), b"q").unwrap();
         let own_layer = ingest_dir(&store, &own, &NoProgress).unwrap();
-        store.commit_image("img", Some("anc"), &own_layer, ImageState::Open).unwrap();
+        store
+            .commit_image("img", Some("anc"), &own_layer, ImageState::Open)
+            .unwrap();
         // Upper: whiteouts for /gone (ancestor has it) and /own2 (only own has it),
         // opaque /o with c, /m merged with p replaced and q whited out, a new /new.
         let up = t.path().join("upper");
@@ -321,8 +367,17 @@ mod tests {
         whiteout(&up.join("m/q"));
         fs::write(up.join("new"), b"n").unwrap();
 
-        let new = apply_upper(&store, own_layer.layer, &[anc_layer.layer], &up, &NoProgress).unwrap();
-        store.replace_layer("img", &new, ImageState::Sealed).unwrap();
+        let new = apply_upper(
+            &store,
+            own_layer.layer,
+            &[anc_layer.layer],
+            &up,
+            &NoProgress,
+        )
+        .unwrap();
+        store
+            .replace_layer("img", &new, ImageState::Sealed)
+            .unwrap();
         let got = listing(&store, new.layer);
         let want: Vec<(String, NodeKind, bool)> = vec![
             ("/big".into(), NodeKind::File, false),
@@ -360,7 +415,14 @@ mod tests {
         let up = t.path().join("upper");
         fs::create_dir_all(up.join("x")).unwrap();
         fs::write(up.join("x/in"), b"i").unwrap();
-        let new = apply_upper(&store, own_layer.layer, &[anc_layer.layer], &up, &NoProgress).unwrap();
+        let new = apply_upper(
+            &store,
+            own_layer.layer,
+            &[anc_layer.layer],
+            &up,
+            &NoProgress,
+        )
+        .unwrap();
         let got = listing(&store, new.layer);
         assert_eq!(
             got,

@@ -288,9 +288,31 @@ fn stream_into(file: &mut File, head: &[u8], data: &mut dyn Read) -> Result<(Obj
     hasher.update(head);
     file.write_all(head).map_err(write_err)?;
     let mut len = head.len() as u64;
-    let mut buf = vec![0u8; BUF_SIZE];
+    // One buffer per thread, reused: most objects are a few KiB, and
+    // zeroing a fresh 1 MiB buffer for each cost more than hashing them.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with_borrow_mut(|buf| {
+        if buf.len() < BUF_SIZE {
+            buf.resize(BUF_SIZE, 0);
+        }
+        copy_hashing(file, data, buf, &mut hasher, &mut len)
+    })?;
+    Ok((ObjectId(*hasher.finalize().as_bytes()), len))
+}
+
+/// The loop of [`stream_into`]: reads `data` through `buf` into `file` and the hasher.
+fn copy_hashing(
+    file: &mut File,
+    data: &mut dyn Read,
+    buf: &mut [u8],
+    hasher: &mut blake3::Hasher,
+    len: &mut u64,
+) -> Result<()> {
+    let write_err = |e| Error::io("writing an object", e);
     loop {
-        let n = match data.read(&mut buf) {
+        let n = match data.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -298,9 +320,9 @@ fn stream_into(file: &mut File, head: &[u8], data: &mut dyn Read) -> Result<(Obj
         };
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n]).map_err(write_err)?;
-        len += n as u64;
+        *len += n as u64;
     }
-    Ok((ObjectId(*hasher.finalize().as_bytes()), len))
+    Ok(())
 }
 
 /// Creates a directory (mode 0700) if it does not exist.

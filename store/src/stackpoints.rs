@@ -211,7 +211,11 @@ fn tx_put_users(t: &TransactionalTree, image: &str, users: &ImageUsersRecord) ->
 }
 
 /// The instance `id`, which must belong to stackpoint `sp`.
-fn tx_own_instance(t: &TransactionalTree, sp: &StackpointRecord, id: InstanceId) -> TxResult<InstanceRecord> {
+fn tx_own_instance(
+    t: &TransactionalTree,
+    sp: &StackpointRecord,
+    id: InstanceId,
+) -> TxResult<InstanceRecord> {
     match tx_instance(t, id)? {
         Some(r) if r.stackpoint == sp.name => Ok(r),
         Some(r) => abort(Error::Refused(format!(
@@ -224,7 +228,11 @@ fn tx_own_instance(t: &TransactionalTree, sp: &StackpointRecord, id: InstanceId)
 
 /// Inside a transaction: refuses when an instance uses `image`
 /// ("image X is used by instance N of stackpoint S").
-pub(crate) fn tx_refuse_if_used(users: &TransactionalTree, instances: &TransactionalTree, image: &str) -> TxResult<()> {
+pub(crate) fn tx_refuse_if_used(
+    users: &TransactionalTree,
+    instances: &TransactionalTree,
+    image: &str,
+) -> TxResult<()> {
     let u = tx_users(users, image)?;
     let Some(&first) = u.instances.first() else {
         return Ok(());
@@ -271,7 +279,11 @@ fn tx_add_instance(
 }
 
 /// Inside a transaction: removes an instance record and its image-user row.
-fn tx_remove_instance(instances: &TransactionalTree, users: &TransactionalTree, rec: &InstanceRecord) -> TxResult<()> {
+fn tx_remove_instance(
+    instances: &TransactionalTree,
+    users: &TransactionalTree,
+    rec: &InstanceRecord,
+) -> TxResult<()> {
     instances.remove(&instance_key(rec.id))?;
     let mut u = tx_users(users, &rec.image)?;
     u.instances.retain(|&i| i != rec.id);
@@ -360,7 +372,12 @@ impl Store {
             backend: None,
             created: now,
         };
-        let trees = (&self.images, &self.stackpoints, &self.instances, &self.image_users);
+        let trees = (
+            &self.images,
+            &self.stackpoints,
+            &self.instances,
+            &self.image_users,
+        );
         trees.transaction(|(images, sps, instances, users)| {
             if tx_stackpoint(sps, name)?.is_some() {
                 return abort(Error::Exists {
@@ -387,7 +404,12 @@ impl Store {
             image: image.to_string(),
             created: Timestamp::now(),
         };
-        let trees = (&self.images, &self.stackpoints, &self.instances, &self.image_users);
+        let trees = (
+            &self.images,
+            &self.stackpoints,
+            &self.instances,
+            &self.image_users,
+        );
         trees.transaction(|(images, sps, instances, users)| {
             let mut rec = tx_existing_stackpoint(sps, sp)?;
             tx_add_instance(images, instances, users, &inst)?;
@@ -405,7 +427,12 @@ impl Store {
     pub fn cutover(&self, sp: &str, to: &Switch) -> Result<(StackpointRecord, InstanceRecord)> {
         validate_name(sp)?;
         let created = Timestamp::now();
-        let trees = (&self.images, &self.stackpoints, &self.instances, &self.image_users);
+        let trees = (
+            &self.images,
+            &self.stackpoints,
+            &self.instances,
+            &self.image_users,
+        );
         let out = trees.transaction(|(images, sps, instances, users)| {
             let mut rec = tx_existing_stackpoint(sps, sp)?;
             let inst = match to {
@@ -432,7 +459,11 @@ impl Store {
 
     /// In one transaction: moves the history cursor of `sp` one step back,
     /// or to instance `to`.
-    pub fn fallback(&self, sp: &str, to: Option<InstanceId>) -> Result<(StackpointRecord, InstanceRecord)> {
+    pub fn fallback(
+        &self,
+        sp: &str,
+        to: Option<InstanceId>,
+    ) -> Result<(StackpointRecord, InstanceRecord)> {
         validate_name(sp)?;
         let out = (&self.stackpoints, &self.instances).transaction(|(sps, instances)| {
             let mut rec = tx_existing_stackpoint(sps, sp)?;
@@ -453,7 +484,11 @@ impl Store {
     }
 
     /// In one transaction: makes instance `id` of `sp` current (appended to the history).
-    pub fn set_current(&self, sp: &str, id: InstanceId) -> Result<(StackpointRecord, InstanceRecord)> {
+    pub fn set_current(
+        &self,
+        sp: &str,
+        id: InstanceId,
+    ) -> Result<(StackpointRecord, InstanceRecord)> {
         self.cutover(sp, &Switch::Existing(id))
     }
 
@@ -501,7 +536,11 @@ impl Store {
     }
 
     /// In one transaction: records the backend `sp` should be mounted with.
-    pub fn set_stackpoint_backend(&self, sp: &str, backend: Option<MountBackend>) -> Result<StackpointRecord> {
+    pub fn set_stackpoint_backend(
+        &self,
+        sp: &str,
+        backend: Option<MountBackend>,
+    ) -> Result<StackpointRecord> {
         validate_name(sp)?;
         let rec = self.stackpoints.transaction(|sps| {
             let mut rec = tx_existing_stackpoint(sps, sp)?;
@@ -527,7 +566,10 @@ mod tests {
             history: vec![5, 7],
             cursor: 1,
             backend: Some(MountBackend::Fuse),
-            created: Timestamp { sec: 1_700_000_000, nsec: 5 },
+            created: Timestamp {
+                sec: 1_700_000_000,
+                nsec: 5,
+            },
         }
     }
 
@@ -543,7 +585,10 @@ mod tests {
             ]
             .concat()
         );
-        assert_eq!(decode::<StackpointRecord>("stackpoints", &bytes).unwrap(), sp());
+        assert_eq!(
+            decode::<StackpointRecord>("stackpoints", &bytes).unwrap(),
+            sp()
+        );
     }
 
     #[test]
@@ -557,7 +602,9 @@ mod tests {
         let bytes = encode(&rec);
         assert_eq!(bytes, [1, 0xac, 0x02, 1, b's', 2, b'i', b'm', 1, 0]);
         assert_eq!(decode::<InstanceRecord>("instances", &bytes).unwrap(), rec);
-        let users = ImageUsersRecord { instances: vec![1, 300] };
+        let users = ImageUsersRecord {
+            instances: vec![1, 300],
+        };
         assert_eq!(encode(&users), [1, 2, 1, 0xac, 0x02]);
         assert_eq!(instance_key(0x0102), [0, 0, 0, 0, 0, 0, 1, 2]);
     }
@@ -583,17 +630,31 @@ mod tests {
         assert_eq!((rec.current, inst.image.as_str()), (i1, "a"));
         // Missing image: nothing written, the id is not used.
         let bad = store.new_instance_id().unwrap();
-        assert!(matches!(store.create_stackpoint("sq", b"/y", "nope", bad), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            store.create_stackpoint("sq", b"/y", "nope", bad),
+            Err(Error::NotFound { .. })
+        ));
         assert!(store.stackpoint("sq").unwrap().is_none());
         assert!(store.instance(bad).unwrap().is_none());
-        assert!(matches!(store.create_stackpoint("sp", b"/y", "a", bad), Err(Error::Exists { .. })));
+        assert!(matches!(
+            store.create_stackpoint("sp", b"/y", "a", bad),
+            Err(Error::Exists { .. })
+        ));
         // An image in use cannot be deleted.
         let e = store.delete_image("a").unwrap_err();
         assert_eq!(e.to_string(), format!("image a is used by instance {i1} of stackpoint sp; delete those instances (or their stackpoints) first"));
         assert!(store.image("a").unwrap().is_some());
         // Cutover, fallback, set, delete.
         let i2 = store.new_instance_id().unwrap();
-        let (rec, _) = store.cutover("sp", &Switch::New { id: i2, image: "b".into() }).unwrap();
+        let (rec, _) = store
+            .cutover(
+                "sp",
+                &Switch::New {
+                    id: i2,
+                    image: "b".into(),
+                },
+            )
+            .unwrap();
         assert_eq!((rec.current, rec.history.clone()), (i2, vec![i1, i2]));
         let e = store.delete_instance("sp", i2).unwrap_err();
         assert!(e.to_string().contains("current instance"), "{e}");
@@ -604,7 +665,10 @@ mod tests {
         store.delete_instance("sp", i2).unwrap();
         assert_eq!(store.image_users("b").unwrap(), Vec::<InstanceId>::new());
         store.delete_image("b").unwrap();
-        assert!(matches!(store.set_current("sp", i2), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            store.set_current("sp", i2),
+            Err(Error::NotFound { .. })
+        ));
         let (rec, gone) = store.delete_stackpoint("sp").unwrap();
         assert_eq!((rec.name.as_str(), gone.len()), ("sp", 1));
         store.delete_image("a").unwrap();
@@ -615,7 +679,10 @@ mod tests {
     fn history_is_a_list_with_a_cursor() {
         let mut r = sp();
         r.make_current(9);
-        assert_eq!((r.history.clone(), r.cursor, r.current), (vec![5, 7, 9], 2, 9));
+        assert_eq!(
+            (r.history.clone(), r.cursor, r.current),
+            (vec![5, 7, 9], 2, 9)
+        );
         assert_eq!(r.step_back().unwrap(), 7);
         assert_eq!(r.step_back().unwrap(), 5);
         assert!(r.step_back().is_err());
@@ -625,7 +692,10 @@ mod tests {
         assert_eq!((r.history.clone(), r.cursor), (vec![5, 7, 9], 2));
         // Making an old one current moves it to the end, once.
         r.make_current(5);
-        assert_eq!((r.history.clone(), r.cursor, r.current), (vec![7, 9, 5], 2, 5));
+        assert_eq!(
+            (r.history.clone(), r.cursor, r.current),
+            (vec![7, 9, 5], 2, 5)
+        );
         r.instances = vec![5, 7, 9];
         r.forget(9);
         assert_eq!((r.history.clone(), r.cursor, r.current), (vec![7, 5], 1, 5));

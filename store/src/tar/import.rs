@@ -56,9 +56,11 @@ fn import_inner(
     builder.finish()
 }
 
-/// "truncated or corrupt archive" with the reader's explanation.
+/// "truncated or corrupt archive" with the reader's explanation (control
+/// and non-ASCII characters escaped, so the message stays one clean line).
 fn corrupt(e: impl std::fmt::Display) -> Error {
-    Error::BadInput(format!("truncated or corrupt archive: {e}"))
+    let why: String = e.to_string().escape_default().collect();
+    Error::BadInput(format!("truncated or corrupt archive: {why}"))
 }
 
 fn lossy(path: &[u8]) -> String {
@@ -352,6 +354,7 @@ impl Importer<'_, '_> {
     fn read_archive(&mut self, tap: Tap<'_>, state: &Rc<RefCell<TapState>>) -> Result<()> {
         let mut archive = Archive::new(tap);
         let mut entries = archive.entries().map_err(corrupt)?;
+        let mut first = true;
         loop {
             state.borrow_mut().record();
             let next = entries.next();
@@ -361,9 +364,15 @@ impl Importer<'_, '_> {
             };
             let mut entry = match next {
                 None => break,
+                Some(Err(e)) if first => {
+                    return Err(corrupt(format!(
+                        "no valid header at the start (is it a tar, tar.gz or tar.zst file?): {e}"
+                    )))
+                }
                 Some(Err(e)) => return Err(corrupt(e)),
                 Some(Ok(entry)) => entry,
             };
+            first = false;
             let meta = Meta::read(
                 &entry,
                 pax_data(&blocks, start, entry.raw_header_position())?,
