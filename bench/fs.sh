@@ -24,7 +24,8 @@
 # mv), TAR_FILES files in the tar extracted into the mount, PAR_MIB each of the
 # two files read in parallel (one per layer). ENGINES picks engines (default
 # "kernel fuse-overlayfs stacko-overlay stacko-images"), ROOTLESS=0 skips the
-# rootless part. Data is generated once under BENCH_DIR and kept.
+# rootless part. Data is generated once under BENCH_DIR and kept (GEN_ONLY=1:
+# generate it and stop).
 # Run as root: it mounts, drops caches and switches to $RL_USER.
 set -euo pipefail
 umask 022
@@ -78,6 +79,7 @@ if [ ! -d "$DATA/done" ]; then
     mkdir "$DATA/done"
 fi
 chmod 755 "$BASE" "$DATA"
+[ "${GEN_ONLY:-0}" = 1 ] && { echo "data ready in $DATA"; exit 0; }
 
 # ---------------------------------------------------------------- helpers
 now() { echo "$EPOCHREALTIME"; }
@@ -369,6 +371,8 @@ for ((r = 1; r <= RUNS; r++)); do
     fi
 done
 unmount_all
+if [ "$SI_OK" = 1 ]; then "$STACKO" --home "$SIH" daemon-stop >/dev/null 2>&1 || true; fi
+[ "${KEEP:-0}" = 1 ] || rm -rf "$RUN/upper" "$RUN/work" "$SIH"   # KEEP=1 keeps the store and upper
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 t_total=$(calc "$EPOCHREALTIME - $t_start" 0)
 

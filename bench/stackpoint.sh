@@ -165,6 +165,8 @@ for ((c = 1; c <= DEEP_CHAINS; c++)); do
 done
 deep_files=$(find "$DATA/deep" -type f | wc -l)
 S daemon-stop >/dev/null 2>&1 || true
+for ((i = 0; i < 100; i++)); do pgrep -f -- "--home $H daemon" >/dev/null || break; sleep 0.05; done
+[ "${KEEP:-0}" = 1 ] || rm -rf "$H"   # KEEP=1 keeps the store
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 t_total=$(calc "$EPOCHREALTIME - $t_start" 0)
 

@@ -49,7 +49,13 @@ struct Outcome {
     errors: BTreeMap<String, u64>,
 }
 
-fn worker(root: &Path, tid: usize, seed: u64, iters: u64, status: Arc<Mutex<String>>) -> Result<Outcome, String> {
+fn worker(
+    root: &Path,
+    tid: usize,
+    seed: u64,
+    iters: u64,
+    status: Arc<Mutex<String>>,
+) -> Result<Outcome, String> {
     let mut rng = Rng::new(seed.wrapping_add(tid as u64 * 7919));
     let names = file_names();
     let mut out = Outcome::default();
@@ -62,7 +68,9 @@ fn worker(root: &Path, tid: usize, seed: u64, iters: u64, status: Arc<Mutex<Stri
             let fd = match sys::open(&root.join(name), libc::O_WRONLY | libc::O_APPEND, 0) {
                 Ok(fd) => fd,
                 Err(e) => {
-                    *out.errors.entry(format!("open: {}", errno_name(e))).or_insert(0) += 1;
+                    *out.errors
+                        .entry(format!("open: {}", errno_name(e)))
+                        .or_insert(0) += 1;
                     continue;
                 }
             };
@@ -71,22 +79,32 @@ fn worker(root: &Path, tid: usize, seed: u64, iters: u64, status: Arc<Mutex<Stri
                 Ok(_) => match fd.close() {
                     Ok(()) => out.acked.push(rec),
                     Err(e) => {
-                        *out.errors.entry(format!("close: {}", errno_name(e))).or_insert(0) += 1;
+                        *out.errors
+                            .entry(format!("close: {}", errno_name(e)))
+                            .or_insert(0) += 1;
                         out.maybe.push(rec);
                     }
                 },
                 Err(e) => {
-                    *out.errors.entry(format!("write: {}", errno_name(e))).or_insert(0) += 1;
+                    *out.errors
+                        .entry(format!("write: {}", errno_name(e)))
+                        .or_insert(0) += 1;
                     out.maybe.push(rec);
                 }
             }
         } else if roll < 65 {
             let a = &names[rng.below(names.len() as u64) as usize];
             let b = &names[rng.below(names.len() as u64) as usize];
-            let flags = if rng.chance(1, 2) { libc::RENAME_EXCHANGE } else { libc::RENAME_NOREPLACE };
+            let flags = if rng.chance(1, 2) {
+                libc::RENAME_EXCHANGE
+            } else {
+                libc::RENAME_NOREPLACE
+            };
             *status.lock().unwrap() = format!("rename {a} {b} flags {flags}");
             if let Err(e) = sys::rename2(&root.join(a), &root.join(b), flags) {
-                *out.errors.entry(format!("rename: {}", errno_name(e))).or_insert(0) += 1;
+                *out.errors
+                    .entry(format!("rename: {}", errno_name(e)))
+                    .or_insert(0) += 1;
             }
         } else if roll < 73 {
             let ds = ["dA", "dB", "dC"];
@@ -94,7 +112,9 @@ fn worker(root: &Path, tid: usize, seed: u64, iters: u64, status: Arc<Mutex<Stri
             let b = ds[rng.below(3) as usize];
             *status.lock().unwrap() = format!("rename dir {a} {b}");
             if let Err(e) = sys::rename2(&root.join(a), &root.join(b), libc::RENAME_NOREPLACE) {
-                *out.errors.entry(format!("dir rename: {}", errno_name(e))).or_insert(0) += 1;
+                *out.errors
+                    .entry(format!("dir rename: {}", errno_name(e)))
+                    .or_insert(0) += 1;
             }
         } else {
             let d = ["", "shared", "dA", "dB", "dC"][rng.below(5) as usize];
@@ -110,18 +130,35 @@ fn worker(root: &Path, tid: usize, seed: u64, iters: u64, status: Arc<Mutex<Stri
     Ok(out)
 }
 
-fn collect_lines(root: &Path, rel: &str, out: &mut BTreeMap<String, Vec<String>>) -> Result<(), String> {
-    let p = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+fn collect_lines(
+    root: &Path,
+    rel: &str,
+    out: &mut BTreeMap<String, Vec<String>>,
+) -> Result<(), String> {
+    let p = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
     for (name, _) in sys::readdir(&p).map_err(|e| format!("readdir /{rel}: {}", errno_name(e)))? {
-        let r = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-        let st = sys::lstat(&root.join(&r)).map_err(|e| format!("lstat /{r}: {}", errno_name(e)))?;
+        let r = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let st =
+            sys::lstat(&root.join(&r)).map_err(|e| format!("lstat /{r}: {}", errno_name(e)))?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             collect_lines(root, &r, out)?;
         } else {
-            let data = sys::read_file(&root.join(&r)).map_err(|e| format!("read /{r}: {}", errno_name(e)))?;
+            let data = sys::read_file(&root.join(&r))
+                .map_err(|e| format!("read /{r}: {}", errno_name(e)))?;
             let text = String::from_utf8_lossy(&data);
             if !text.is_empty() && !text.ends_with('\n') {
-                return Err(format!("/{r}: does not end with a newline (torn record): {:?}", text.lines().last()));
+                return Err(format!(
+                    "/{r}: does not end with a newline (torn record): {:?}",
+                    text.lines().last()
+                ));
             }
             for line in text.lines() {
                 out.entry(line.to_string()).or_default().push(r.clone());
@@ -131,7 +168,12 @@ fn collect_lines(root: &Path, rel: &str, out: &mut BTreeMap<String, Vec<String>>
     Ok(())
 }
 
-fn check_final(root: &Path, init: &[String], acked: &[String], maybe: &[String]) -> Result<(), String> {
+fn check_final(
+    root: &Path,
+    init: &[String],
+    acked: &[String],
+    maybe: &[String],
+) -> Result<(), String> {
     let mut lines = BTreeMap::new();
     collect_lines(root, "", &mut lines)?;
     let mut problems = Vec::new();
@@ -139,12 +181,18 @@ fn check_final(root: &Path, init: &[String], acked: &[String], maybe: &[String])
         match lines.get(l).map(|v| v.len()).unwrap_or(0) {
             1 => {}
             0 => problems.push(format!("LOST: {l:?} is missing")),
-            n => problems.push(format!("DUPLICATED: {l:?} appears {n} times in {:?}", lines[l])),
+            n => problems.push(format!(
+                "DUPLICATED: {l:?} appears {n} times in {:?}",
+                lines[l]
+            )),
         }
     }
     for l in maybe {
         if lines.get(l).map(|v| v.len()).unwrap_or(0) > 1 {
-            problems.push(format!("DUPLICATED (unacknowledged): {l:?} in {:?}", lines[l]));
+            problems.push(format!(
+                "DUPLICATED (unacknowledged): {l:?} in {:?}",
+                lines[l]
+            ));
         }
     }
     let known: std::collections::HashSet<&String> = init.iter().chain(acked).chain(maybe).collect();
@@ -164,7 +212,9 @@ fn check_final(root: &Path, init: &[String], acked: &[String], maybe: &[String])
 
 #[test]
 fn eight_threads_copy_up_rename_readdir() {
-    let Some(engine) = common::setup("concurrency") else { return };
+    let Some(engine) = common::setup("concurrency") else {
+        return;
+    };
     let seed = common::seed_from_env("STACKO_E2E_SEED");
     let iters = common::env_u64("STACKO_E2E_CONC_ITERS", 2000);
     let dir = common::tempdir("stacko-conc-");
@@ -201,7 +251,9 @@ fn eight_threads_copy_up_rename_readdir() {
     let root: PathBuf = opts.mnt.clone();
 
     let (tx, rx) = channel();
-    let statuses: Vec<Arc<Mutex<String>>> = (0..THREADS).map(|_| Arc::new(Mutex::new("starting".into()))).collect();
+    let statuses: Vec<Arc<Mutex<String>>> = (0..THREADS)
+        .map(|_| Arc::new(Mutex::new("starting".into())))
+        .collect();
     for (tid, status) in statuses.iter().enumerate() {
         let (tx, root, status) = (tx.clone(), root.clone(), status.clone());
         std::thread::spawn(move || {
@@ -225,7 +277,12 @@ fn eight_threads_copy_up_rename_readdir() {
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| results[*i].is_none())
-                    .map(|(i, s)| format!("thread {i}: {}", s.lock().map(|s| s.clone()).unwrap_or_default()))
+                    .map(|(i, s)| {
+                        format!(
+                            "thread {i}: {}",
+                            s.lock().map(|s| s.clone()).unwrap_or_default()
+                        )
+                    })
                     .collect();
                 mount.kill();
                 panic!(
@@ -241,29 +298,48 @@ fn eight_threads_copy_up_rename_readdir() {
     let mut maybe = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for r in results.into_iter().flatten() {
-        let o = r.unwrap_or_else(|m| panic!("seed {seed}: {m}\n--- engine log ---\n{}", mount.log()));
+        let o =
+            r.unwrap_or_else(|m| panic!("seed {seed}: {m}\n--- engine log ---\n{}", mount.log()));
         acked.extend(o.acked);
         maybe.extend(o.maybe);
         for (k, v) in o.errors {
             *errors.entry(k).or_insert(0) += v;
         }
     }
-    eprintln!("concurrency: {} acknowledged appends, {} unacknowledged; errors seen: {errors:?}", acked.len(), maybe.len());
+    eprintln!(
+        "concurrency: {} acknowledged appends, {} unacknowledged; errors seen: {errors:?}",
+        acked.len(),
+        maybe.len()
+    );
     // Only the errors that concurrent renames explain are acceptable: a name moved away (ENOENT)
     // or a RENAME_NOREPLACE target taken (EEXIST). EXDEV for a directory rename is a missing
     // stacko improvement (tolerated only with STACKO_E2E_LAX=1, for peers).
-    let lax = std::env::var("STACKO_E2E_LAX").map(|v| v == "1").unwrap_or(false);
+    let lax = std::env::var("STACKO_E2E_LAX")
+        .map(|v| v == "1")
+        .unwrap_or(false);
     let unexpected: Vec<(&String, &u64)> = errors
         .iter()
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                "open: ENOENT" | "rename: ENOENT" | "rename: EEXIST" | "dir rename: ENOENT" | "dir rename: EEXIST"
+                "open: ENOENT"
+                    | "rename: ENOENT"
+                    | "rename: EEXIST"
+                    | "dir rename: ENOENT"
+                    | "dir rename: EEXIST"
             ) && !(lax && k.as_str() == "dir rename: EXDEV")
         })
         .collect();
-    assert!(unexpected.is_empty(), "seed {seed}: unexpected errors under concurrency: {unexpected:?}\n--- engine log ---\n{}", mount.log());
-    assert!(acked.len() as u64 > iters, "seed {seed}: too few appends succeeded ({}); errors: {errors:?}", acked.len());
+    assert!(
+        unexpected.is_empty(),
+        "seed {seed}: unexpected errors under concurrency: {unexpected:?}\n--- engine log ---\n{}",
+        mount.log()
+    );
+    assert!(
+        acked.len() as u64 > iters,
+        "seed {seed}: too few appends succeeded ({}); errors: {errors:?}",
+        acked.len()
+    );
     if let Err(m) = check_final(&root, &init, &acked, &maybe) {
         panic!("seed {seed}: after the threads finished: {m}");
     }

@@ -17,7 +17,9 @@ use common::integrity::{self, Config};
 
 #[test]
 fn integrity_100k_ops() {
-    let Some(engine) = common::setup("integrity") else { return };
+    let Some(engine) = common::setup("integrity") else {
+        return;
+    };
     let cfg = Config {
         ops: common::env_u64("STACKO_E2E_INTEGRITY_OPS", 100_000),
         seed: common::seed_from_env("STACKO_E2E_SEED"),

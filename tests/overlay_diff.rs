@@ -38,7 +38,9 @@ fn config(default_cases: u32, file: &'static str) -> Config {
 
 /// Replays one fixed op sequence (comparing whole trees after every op).
 fn replay(ops: &[Op]) {
-    let Some(engine) = common::setup("overlay_diff") else { return };
+    let Some(engine) = common::setup("overlay_diff") else {
+        return;
+    };
     let actor = Actor::new(None);
     if let Err(m) = diff::run_case(&engine, Flavor::Root, &actor, ops, false) {
         panic!("{m}");
@@ -47,9 +49,14 @@ fn replay(ops: &[Op]) {
 
 #[test]
 fn overlay_diff_random_sequences() {
-    let Some(engine) = common::setup("overlay_diff") else { return };
+    let Some(engine) = common::setup("overlay_diff") else {
+        return;
+    };
     let actor = Actor::new(None);
-    let mut runner = TestRunner::new(config(32, concat!(env!("CARGO_MANIFEST_DIR"), "/regressions/overlay_diff.txt")));
+    let mut runner = TestRunner::new(config(
+        32,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/regressions/overlay_diff.txt"),
+    ));
     let result = runner.run(&diff::case(20, 60), |(ops, end_only)| {
         diff::run_case(&engine, Flavor::Root, &actor, &ops, end_only).map_err(TestCaseError::fail)
     });
@@ -72,31 +79,129 @@ fn every_op_on_lower_objects() {
         Stat { path: "a" },
         Readdir { path: "d1" },
         Readdir { path: "d2" },
-        Read { path: "d3/a", off: 65_000, len: 10_000 },
-        Write { path: "d1/a", how: Plain, mode: 0o644, off: 3, len: 100, seed: 1 },
-        Write { path: "b", how: Append, mode: 0o644, off: 0, len: 10, seed: 2 },
-        Write { path: "d1/s/a", how: Trunc, mode: 0o644, off: 0, len: 0, seed: 0 },
-        Write { path: "d2/x", how: Excl, mode: 0o644, off: 0, len: 1, seed: 3 },
-        Write { path: "d2/n", how: Excl, mode: 0o600, off: 10, len: 1, seed: 3 },
-        Truncate { path: "d3/x/y", len: 5000 },
-        Chmod { path: "a", mode: 0o600 },
-        Chown { path: "d1/x", uid: 1000, gid: 100 },
-        Utimens { path: "d3/x", sec: 1_350_000_000, nsec: 123_456_789 },
-        SetXattr { path: "d1/a", name: "user.n", value: 1 },
-        RemoveXattr { path: "b", name: "user.k" },
-        Fallocate { path: "x", mode: 3, off: 10, len: 20 },
-        Fallocate { path: "d1/x", mode: 0, off: 0, len: 20_000 },
-        Mkdir { path: "d3/x/a", mode: 0o755 },
+        Read {
+            path: "d3/a",
+            off: 65_000,
+            len: 10_000,
+        },
+        Write {
+            path: "d1/a",
+            how: Plain,
+            mode: 0o644,
+            off: 3,
+            len: 100,
+            seed: 1,
+        },
+        Write {
+            path: "b",
+            how: Append,
+            mode: 0o644,
+            off: 0,
+            len: 10,
+            seed: 2,
+        },
+        Write {
+            path: "d1/s/a",
+            how: Trunc,
+            mode: 0o644,
+            off: 0,
+            len: 0,
+            seed: 0,
+        },
+        Write {
+            path: "d2/x",
+            how: Excl,
+            mode: 0o644,
+            off: 0,
+            len: 1,
+            seed: 3,
+        },
+        Write {
+            path: "d2/n",
+            how: Excl,
+            mode: 0o600,
+            off: 10,
+            len: 1,
+            seed: 3,
+        },
+        Truncate {
+            path: "d3/x/y",
+            len: 5000,
+        },
+        Chmod {
+            path: "a",
+            mode: 0o600,
+        },
+        Chown {
+            path: "d1/x",
+            uid: 1000,
+            gid: 100,
+        },
+        Utimens {
+            path: "d3/x",
+            sec: 1_350_000_000,
+            nsec: 123_456_789,
+        },
+        SetXattr {
+            path: "d1/a",
+            name: "user.n",
+            value: 1,
+        },
+        RemoveXattr {
+            path: "b",
+            name: "user.k",
+        },
+        Fallocate {
+            path: "x",
+            mode: 3,
+            off: 10,
+            len: 20,
+        },
+        Fallocate {
+            path: "d1/x",
+            mode: 0,
+            off: 0,
+            len: 20_000,
+        },
+        Mkdir {
+            path: "d3/x/a",
+            mode: 0o755,
+        },
         Rmdir { path: "d3/x/a" },
-        Mkdir { path: "d1/s/b", mode: 0o700 },
+        Mkdir {
+            path: "d1/s/b",
+            mode: 0o700,
+        },
         Unlink { path: "d1/c" },
-        Symlink { target: "s/a", path: "d1/c" },
+        Symlink {
+            target: "s/a",
+            path: "d1/c",
+        },
         Mkfifo { path: "n" },
-        Link { from: "d1/a", to: "d2/a" },
-        Rename { from: "d1/y", to: "d2/b", flags: 0 },
-        Rename { from: "a", to: "d2/x", flags: 1 },
-        Rename { from: "a", to: "d2/x", flags: 2 },
-        Rename { from: "d3/x", to: "s/b", flags: 0 },
+        Link {
+            from: "d1/a",
+            to: "d2/a",
+        },
+        Rename {
+            from: "d1/y",
+            to: "d2/b",
+            flags: 0,
+        },
+        Rename {
+            from: "a",
+            to: "d2/x",
+            flags: 1,
+        },
+        Rename {
+            from: "a",
+            to: "d2/x",
+            flags: 2,
+        },
+        Rename {
+            from: "d3/x",
+            to: "s/b",
+            flags: 0,
+        },
         Rmdir { path: "d2/s" },
         Unlink { path: "d3/y" },
     ]);
@@ -107,16 +212,37 @@ fn every_op_on_lower_objects() {
 #[test]
 fn hard_links_survive_copy_up() {
     replay(&[
-        Write { path: "d3/a", how: Plain, mode: 0o644, off: 0, len: 5, seed: 9 },
-        Read { path: "d3/b", off: 0, len: 16 },
+        Write {
+            path: "d3/a",
+            how: Plain,
+            mode: 0o644,
+            off: 0,
+            len: 5,
+            seed: 9,
+        },
+        Read {
+            path: "d3/b",
+            off: 0,
+            len: 16,
+        },
         Stat { path: "d3/b" },
-        Chmod { path: "d1/s/x", mode: 0o640 },
+        Chmod {
+            path: "d1/s/x",
+            mode: 0o640,
+        },
         Stat { path: "x" },
-        Link { from: "s/y", to: "n" },
+        Link {
+            from: "s/y",
+            to: "n",
+        },
         Stat { path: "d1/x" },
         Unlink { path: "d1/x" },
         Stat { path: "s/y" },
-        Rename { from: "x", to: "d1/s/x", flags: 0 },
+        Rename {
+            from: "x",
+            to: "d1/s/x",
+            flags: 0,
+        },
         Readdir { path: "" },
     ]);
 }
@@ -125,11 +251,30 @@ fn hard_links_survive_copy_up() {
 #[test]
 fn lower_directory_renames() {
     replay(&[
-        Rename { from: "d3", to: "n", flags: 1 },
-        Rename { from: "d1", to: "d2", flags: 0 },
-        Mkdir { path: "d1", mode: 0o755 },
-        Rename { from: "d1", to: "n", flags: 2 },
-        Rename { from: "n/s", to: "s/b", flags: 0 },
+        Rename {
+            from: "d3",
+            to: "n",
+            flags: 1,
+        },
+        Rename {
+            from: "d1",
+            to: "d2",
+            flags: 0,
+        },
+        Mkdir {
+            path: "d1",
+            mode: 0o755,
+        },
+        Rename {
+            from: "d1",
+            to: "n",
+            flags: 2,
+        },
+        Rename {
+            from: "n/s",
+            to: "s/b",
+            flags: 0,
+        },
         Readdir { path: "n" },
     ]);
 }
@@ -140,28 +285,53 @@ fn lower_directory_renames() {
 /// inodes); POSIX says nothing happens (found with an index=on kernel as the engine).
 #[test]
 fn regression_rename_onto_own_hard_link() {
-    replay(&[Rename { from: "d1/x", to: "s/y", flags: 0 }]);
+    replay(&[Rename {
+        from: "d1/x",
+        to: "s/y",
+        flags: 0,
+    }]);
 }
 
 /// RENAME_EXCHANGE of two names of one lower file: kernel overlayfs swaps (and touches the
 /// parent's mtime); for one inode nothing happens.
 #[test]
 fn regression_exchange_two_names_of_one_lower_file() {
-    replay(&[Rename { from: "d3/b", to: "d3/a", flags: 2 }]);
+    replay(&[Rename {
+        from: "d3/b",
+        to: "d3/a",
+        flags: 2,
+    }]);
 }
 
 /// link(2) of a lower fifo: kernel overlayfs then reports different st_ino for the origin name
 /// and the new name of the same upper inode (the harness must not trust it).
 #[test]
 fn regression_link_lower_fifo() {
-    replay(&[Link { from: "d3/y", to: "n" }, Stat { path: "n" }, Stat { path: "d3/y" }]);
+    replay(&[
+        Link {
+            from: "d3/y",
+            to: "n",
+        },
+        Stat { path: "n" },
+        Stat { path: "d3/y" },
+    ]);
 }
 
 /// Writing a lower file copies it up: the parent directories' mtimes must not change (kernel
 /// overlayfs restores them; found in fuse-overlayfs and stacko-overlay).
 #[test]
 fn regression_copy_up_keeps_parent_mtime() {
-    replay(&[Write { path: "d3/a", how: Plain, mode: 0o644, off: 0, len: 5, seed: 9 }, Readdir { path: "" }]);
+    replay(&[
+        Write {
+            path: "d3/a",
+            how: Plain,
+            mode: 0o644,
+            off: 0,
+            len: 5,
+            seed: 9,
+        },
+        Readdir { path: "" },
+    ]);
 }
 
 /// Renaming a lower file that has a hard link, then truncating and writing it through the new
@@ -169,8 +339,19 @@ fn regression_copy_up_keeps_parent_mtime() {
 #[test]
 fn regression_write_after_rename_of_lower_hard_link() {
     replay(&[
-        Rename { from: "d1/x", to: "d1/s/b", flags: 0 },
-        Write { path: "d1/s/b", how: CreateTrunc, mode: 0o755, off: 0, len: 57, seed: 92 },
+        Rename {
+            from: "d1/x",
+            to: "d1/s/b",
+            flags: 0,
+        },
+        Write {
+            path: "d1/s/b",
+            how: CreateTrunc,
+            mode: 0o755,
+            off: 0,
+            len: 57,
+            seed: 92,
+        },
     ]);
 }
 
@@ -185,13 +366,29 @@ fn regression_nlink_after_unlinking_lower_hard_link() {
 #[test]
 fn regression_trunc_write_after_punch_beyond_eof() {
     replay(&[
-        Fallocate { path: "b", mode: 3, off: 200_000, len: 50_770 },
-        Write { path: "b", how: CreateTrunc, mode: 0o755, off: 200_000, len: 132, seed: 65 },
+        Fallocate {
+            path: "b",
+            mode: 3,
+            off: 200_000,
+            len: 50_770,
+        },
+        Write {
+            path: "b",
+            how: CreateTrunc,
+            mode: 0o755,
+            off: 200_000,
+            len: 132,
+            seed: 65,
+        },
     ]);
 }
 
 /// Renaming a lower file over a lower symlink keeps the file's mtime (rename does not touch it).
 #[test]
 fn regression_rename_lower_file_keeps_mtime() {
-    replay(&[Rename { from: "b", to: "c", flags: 0 }]);
+    replay(&[Rename {
+        from: "b",
+        to: "c",
+        flags: 0,
+    }]);
 }

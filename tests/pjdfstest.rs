@@ -3,6 +3,8 @@
 //! failing test case that kernel overlayfs does not also fail.
 //!
 //! Both runs go in parallel, each in a directory that exists in the lower layer (a merged dir).
+//! `naptime` is 0.05 s: above the kernel's coarse timestamp granularity (with 0.001 s, kernel
+//! overlayfs itself fails timestamp cases at random), far below the default 1 s.
 //! pjdfstest prints one line per case, `<name>  ok|FAILED|skipped`, detail lines indented, and a
 //! final `Summary: N failed, N skipped, N passed, ...`; the parser checks its counts against
 //! that summary so that a format change cannot pass silently. pjdfstest switches to the dummy
@@ -25,7 +27,8 @@ const LIVENESS: Duration = Duration::from_secs(1200);
 
 fn find_pjdfstest() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("STACKO_PJDFSTEST") {
-        return common::resolve_program(&p).or_else(|| panic!("STACKO_PJDFSTEST={p:?} is not executable"));
+        return common::resolve_program(&p)
+            .or_else(|| panic!("STACKO_PJDFSTEST={p:?} is not executable"));
     }
     common::resolve_program("pjdfstest").or_else(|| {
         let home = std::env::var_os("HOME")?;
@@ -50,7 +53,10 @@ fn parse(out: &str) -> Result<Report, String> {
     for line in out.lines() {
         if let Some(rest) = line.strip_prefix("Summary: ") {
             // "39 failed, 48 skipped, 311 passed, 0 expected failures, 398 total"
-            let nums: Vec<u64> = rest.split(", ").filter_map(|p| p.split(' ').next()?.parse().ok()).collect();
+            let nums: Vec<u64> = rest
+                .split(", ")
+                .filter_map(|p| p.split(' ').next()?.parse().ok())
+                .collect();
             summary = Some(nums);
             continue;
         }
@@ -74,7 +80,10 @@ fn parse(out: &str) -> Result<Report, String> {
                 _ => return Err(format!("unexpected status in line {line:?}")),
             }
         } else if let Some((_, d)) = current_failed.as_mut() {
-            if line.starts_with('\t') && d.lines().count() < 3 && !line.trim_start().starts_with(|c: char| c.is_ascii_digit()) {
+            if line.starts_with('\t')
+                && d.lines().count() < 3
+                && !line.trim_start().starts_with(|c: char| c.is_ascii_digit())
+            {
                 d.push_str(line.trim());
                 d.push(' ');
             }
@@ -83,8 +92,14 @@ fn parse(out: &str) -> Result<Report, String> {
     if let Some(d) = current_failed.take() {
         r.details.push(d);
     }
-    let Some(s) = summary else { return Err("no `Summary:` line in pjdfstest output".into()) };
-    if s.len() < 3 || s[0] != r.failed.len() as u64 || s[1] != r.skipped.len() as u64 || s[2] != r.ok.len() as u64 {
+    let Some(s) = summary else {
+        return Err("no `Summary:` line in pjdfstest output".into());
+    };
+    if s.len() < 3
+        || s[0] != r.failed.len() as u64
+        || s[1] != r.skipped.len() as u64
+        || s[2] != r.ok.len() as u64
+    {
         return Err(format!(
             "parsed {} failed / {} skipped / {} passed but pjdfstest's summary says {s:?}",
             r.failed.len(),
@@ -93,7 +108,10 @@ fn parse(out: &str) -> Result<Report, String> {
         ));
     }
     if r.ok.len() < 100 {
-        return Err(format!("only {} passing cases parsed: suspicious", r.ok.len()));
+        return Err(format!(
+            "only {} passing cases parsed: suspicious",
+            r.ok.len()
+        ));
     }
     Ok(r)
 }
@@ -106,7 +124,10 @@ fn run_pjdfstest(bin: &Path, conf: &Path, dir: &Path, log: &Path) -> Result<Stri
     }
     let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    cmd.current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
     let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
     let start = Instant::now();
     loop {
@@ -116,7 +137,10 @@ fn run_pjdfstest(bin: &Path, conf: &Path, dir: &Path, log: &Path) -> Result<Stri
         if start.elapsed() > LIVENESS {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("pjdfstest on {} still running after {LIVENESS:?}: killed (hang?)", dir.display()));
+            return Err(format!(
+                "pjdfstest on {} still running after {LIVENESS:?}: killed (hang?)",
+                dir.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -132,15 +156,24 @@ fn build_lower(l: &Path) {
 
 #[test]
 fn pjdfstest_no_failure_beyond_kernel_overlayfs() {
-    let Some(engine) = common::setup("pjdfstest") else { return };
-    let Some(bin) = find_pjdfstest() else {
-        common::missing("pjdfstest: binary not found (cargo install pjdfstest, or set STACKO_PJDFSTEST)");
+    let Some(engine) = common::setup("pjdfstest") else {
         return;
     };
-    let nobody_group = ["nogroup", "nobody"].into_iter().find(|g| common::lookup_group(g).is_some());
-    let (Some(_), Some(ng), Some(_), Some(_)) =
-        (common::lookup_user("nobody"), nobody_group, common::lookup_user("tests"), common::lookup_group("tests"))
-    else {
+    let Some(bin) = find_pjdfstest() else {
+        common::missing(
+            "pjdfstest: binary not found (cargo install pjdfstest, or set STACKO_PJDFSTEST)",
+        );
+        return;
+    };
+    let nobody_group = ["nogroup", "nobody"]
+        .into_iter()
+        .find(|g| common::lookup_group(g).is_some());
+    let (Some(_), Some(ng), Some(_), Some(_)) = (
+        common::lookup_user("nobody"),
+        nobody_group,
+        common::lookup_user("tests"),
+        common::lookup_group("tests"),
+    ) else {
         common::missing("pjdfstest: needs users `nobody`, `tests` and groups `nogroup` (or `nobody`), `tests` (useradd -M tests)");
         return;
     };
@@ -150,7 +183,7 @@ fn pjdfstest_no_failure_beyond_kernel_overlayfs() {
         &conf,
         format!(
             "[features]\nposix_fallocate = {{}}\nrename_ctime = {{}}\nutime_now = {{}}\nutimensat = {{}}\n\n\
-             [settings]\nnaptime = 0.001\nallow_remount = false\n\n\
+             [settings]\nnaptime = 0.05\nallow_remount = false\n\n\
              [dummy_auth]\nentries = [[\"nobody\", \"{ng}\"], [\"tests\", \"tests\"]]\n"
         ),
     )
@@ -166,7 +199,13 @@ fn pjdfstest_no_failure_beyond_kernel_overlayfs() {
         paths.push(b);
     }
     let (kb, eb) = (&paths[0], &paths[1]);
-    let _kernel = KernelOverlay::mount(&[kb.join("l0")], &kb.join("u"), &kb.join("w"), &kb.join("m")).unwrap_or_else(|m| panic!("{m}"));
+    let _kernel = KernelOverlay::mount(
+        &[kb.join("l0")],
+        &kb.join("u"),
+        &kb.join("w"),
+        &kb.join("m"),
+    )
+    .unwrap_or_else(|m| panic!("{m}"));
     let opts = EngineOpts {
         lowers: vec![eb.join("l0")],
         upper_work: Some((eb.join("u"), eb.join("w"))),
@@ -182,7 +221,10 @@ fn pjdfstest_no_failure_beyond_kernel_overlayfs() {
     let tk = std::thread::spawn(move || run_pjdfstest(&bk, &conf2, &kd, &kl));
     let conf3 = conf.clone();
     let te = std::thread::spawn(move || run_pjdfstest(&be, &conf3, &ed, &el));
-    let kout = tk.join().expect("kernel run thread").unwrap_or_else(|m| panic!("{m}"));
+    let kout = tk
+        .join()
+        .expect("kernel run thread")
+        .unwrap_or_else(|m| panic!("{m}"));
     let eout = te.join().expect("engine run thread");
     let eout = match eout {
         Ok(o) => o,
@@ -191,27 +233,99 @@ fn pjdfstest_no_failure_beyond_kernel_overlayfs() {
             panic!("{m}\n--- engine log ---\n{}", engine_mount.log());
         }
     };
-    let k = parse(&kout).unwrap_or_else(|m| panic!("parsing pjdfstest output on kernel overlayfs: {m}\n{kout}"));
-    let e = parse(&eout).unwrap_or_else(|m| panic!("parsing pjdfstest output on the engine: {m}\n{}", eout.chars().take(20_000).collect::<String>()));
+    let k = parse(&kout)
+        .unwrap_or_else(|m| panic!("parsing pjdfstest output on kernel overlayfs: {m}\n{kout}"));
+    let e = parse(&eout).unwrap_or_else(|m| {
+        panic!(
+            "parsing pjdfstest output on the engine: {m}\n{}",
+            eout.chars().take(20_000).collect::<String>()
+        )
+    });
     let extra: Vec<&String> = e.failed.difference(&k.failed).collect();
     let fixed: Vec<&String> = k.failed.difference(&e.failed).collect();
-    eprintln!("pjdfstest: kernel overlayfs {} failed / {} passed; engine {} failed / {} passed", k.failed.len(), k.ok.len(), e.failed.len(), e.ok.len());
+    eprintln!(
+        "pjdfstest: kernel overlayfs {} failed / {} passed; engine {} failed / {} passed",
+        k.failed.len(),
+        k.ok.len(),
+        e.failed.len(),
+        e.ok.len()
+    );
     eprintln!("kernel failures: {:?}", k.failed);
     eprintln!("engine failures: {:?}", e.failed);
     if !fixed.is_empty() {
         eprintln!("engine passes where kernel fails: {fixed:?}");
     }
-    let unlisted: Vec<&String> = k.ok.iter().chain(k.failed.iter()).filter(|n| !e.ok.contains(*n) && !e.failed.contains(*n) && !e.skipped.contains(*n)).collect();
+    let unlisted: Vec<&String> =
+        k.ok.iter()
+            .chain(k.failed.iter())
+            .filter(|n| !e.ok.contains(*n) && !e.failed.contains(*n) && !e.skipped.contains(*n))
+            .collect();
     let mut msg = Vec::new();
     if !extra.is_empty() {
-        let details: Vec<String> = e.details.iter().filter(|(n, _)| extra.contains(&n)).map(|(n, d)| format!("{n}: {d}")).collect();
-        msg.push(format!("{} failures on the engine that kernel overlayfs does not have:\n  {}", extra.len(), details.join("\n  ")));
+        let details: Vec<String> = e
+            .details
+            .iter()
+            .filter(|(n, _)| extra.contains(&n))
+            .map(|(n, d)| format!("{n}: {d}"))
+            .collect();
+        msg.push(format!(
+            "{} failures on the engine that kernel overlayfs does not have:\n  {}",
+            extra.len(),
+            details.join("\n  ")
+        ));
     }
     if !unlisted.is_empty() {
-        msg.push(format!("cases run on kernel overlayfs but missing from the engine's run: {unlisted:?}"));
+        msg.push(format!(
+            "cases run on kernel overlayfs but missing from the engine's run: {unlisted:?}"
+        ));
     }
     engine_mount.unmount().unwrap_or_else(|m| panic!("{m}"));
     if !msg.is_empty() {
         panic!("{}", msg.join("\n"));
     }
+}
+
+/// The parser on pjdfstest 0.2.2's real output format (no root needed): statuses, indented
+/// details, and the summary cross-check that makes a format change fail instead of pass.
+#[test]
+fn pjdfstest_output_parser() {
+    let mut out = String::new();
+    for i in 0..120 {
+        out.push_str(&format!(
+            "chmod::case_{i:03}                                   ok\n"
+        ));
+    }
+    out.push_str(
+        "unlink::erofs_named                                                      skipped\n",
+    );
+    out.push_str("\tRemounts (allow_remount) are not allowed in the configuration file\n");
+    out.push_str(
+        "unlink::enotdir_component::char                                           FAILED\n",
+    );
+    out.push_str("\tcalled `Result::unwrap()` on an `Err` value: EPERM\nBacktrace:\n   0: pjdfstest::main::{{closure}}\n");
+    out.push_str(
+        "open::open_trunc                                                           FAILED\n",
+    );
+    out.push_str("\tTimestamps did not change as expected\n\n");
+    let good = format!("{out}Summary: 2 failed, 1 skipped, 120 passed, 0 expected failures, 123 total\nError: Some tests have failed\n");
+    let r = parse(&good).expect("parses");
+    assert_eq!(
+        r.failed.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["open::open_trunc", "unlink::enotdir_component::char"]
+    );
+    assert_eq!((r.ok.len(), r.skipped.len()), (120, 1));
+    assert!(r
+        .details
+        .iter()
+        .any(|(n, d)| n == "open::open_trunc" && d.contains("Timestamps did not change")));
+    let bad =
+        format!("{out}Summary: 3 failed, 1 skipped, 120 passed, 0 expected failures, 124 total\n");
+    assert!(
+        parse(&bad).is_err(),
+        "a summary that disagrees with the parsed lines must be rejected"
+    );
+    assert!(
+        parse(&out).is_err(),
+        "output without a summary must be rejected"
+    );
 }

@@ -32,16 +32,24 @@ fn setup(test: &str) -> Option<(Engine, (u32, u32))> {
         return None;
     };
     if uid == 0 {
-        panic!("{test}: STACKO_TEST_USER={name:?} is root; the rootless tier needs an ordinary user");
+        panic!(
+            "{test}: STACKO_TEST_USER={name:?} is root; the rootless tier needs an ordinary user"
+        );
     }
     if common::resolve_program("fusermount3").is_none() {
-        common::missing(&format!("{test}: fusermount3 not found (apt-get install fuse3)"));
+        common::missing(&format!(
+            "{test}: fusermount3 not found (apt-get install fuse3)"
+        ));
         return None;
     }
     let actor = Actor::new(Some((uid, gid)));
-    let fuse_ok = actor.run(|| sys::open(std::path::Path::new("/dev/fuse"), libc::O_RDWR, 0).map(|_| ()));
+    let fuse_ok =
+        actor.run(|| sys::open(std::path::Path::new("/dev/fuse"), libc::O_RDWR, 0).map(|_| ()));
     if let Err(e) = fuse_ok {
-        common::missing(&format!("{test}: user {name:?} cannot open /dev/fuse ({}): CI must `chmod 666 /dev/fuse`", errno_name(e)));
+        common::missing(&format!(
+            "{test}: user {name:?} cannot open /dev/fuse ({}): CI must `chmod 666 /dev/fuse`",
+            errno_name(e)
+        ));
         return None;
     }
     eprintln!("{test}: rootless as {name} ({uid}:{gid})");
@@ -50,7 +58,9 @@ fn setup(test: &str) -> Option<(Engine, (u32, u32))> {
 
 #[test]
 fn rootless_root_owned_lower_files_visible_and_readable() {
-    let Some((engine, (uid, gid))) = setup("unprivileged") else { return };
+    let Some((engine, (uid, gid))) = setup("unprivileged") else {
+        return;
+    };
     let actor = Actor::new(Some((uid, gid)));
     let dir = common::tempdir("stacko-rootless-");
     let fx = layers::build_diff_lowers(dir.path(), Flavor::User { uid, gid });
@@ -68,7 +78,10 @@ fn rootless_root_owned_lower_files_visible_and_readable() {
     };
     let mut mount = EngineMount::mount(&engine, &opts).unwrap_or_else(|m| panic!("{m}"));
     let fstype = sys::mount_fstype(&opts.mnt).unwrap_or_default();
-    assert!(fstype.starts_with("fuse"), "rootless mount has fstype {fstype:?}, expected fuse*");
+    assert!(
+        fstype.starts_with("fuse"),
+        "rootless mount has fstype {fstype:?}, expected fuse*"
+    );
     let root = opts.mnt.clone();
     let problems: Vec<String> = actor.run(move || {
         let mut p = Vec::new();
@@ -81,13 +94,21 @@ fn rootless_root_owned_lower_files_visible_and_readable() {
         for (rel, data, mode) in expect {
             match sys::lstat(&root.join(rel)) {
                 Ok(st) if st.st_uid == 0 && st.st_mode & 0o7777 == mode => {}
-                Ok(st) => p.push(format!("{rel}: shown as {}:{} mode {:o}, stored as root-owned {mode:o}", st.st_uid, st.st_gid, st.st_mode & 0o7777)),
+                Ok(st) => p.push(format!(
+                    "{rel}: shown as {}:{} mode {:o}, stored as root-owned {mode:o}",
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_mode & 0o7777
+                )),
                 Err(e) => p.push(format!("{rel}: lstat {}", errno_name(e))),
             }
             if rel != "a" {
                 match sys::read_file(&root.join(rel)) {
                     Ok(d) if d == data => {}
-                    Ok(d) => p.push(format!("{rel}: read {} bytes, not the lower content", d.len())),
+                    Ok(d) => p.push(format!(
+                        "{rel}: read {} bytes, not the lower content",
+                        d.len()
+                    )),
                     Err(e) => p.push(format!("{rel}: read as the user: {}", errno_name(e))),
                 }
             }
@@ -95,7 +116,9 @@ fn rootless_root_owned_lower_files_visible_and_readable() {
         // 0640 root:root and 0600 root:root stay unreadable to the user, as on kernel overlayfs.
         for rel in ["a", "x"] {
             if sys::read_file(&root.join(rel)) != Err(libc::EACCES) {
-                p.push(format!("{rel}: expected EACCES reading a root-only file as the user"));
+                p.push(format!(
+                    "{rel}: expected EACCES reading a root-only file as the user"
+                ));
             }
         }
         match sys::readdir(&root.join("d1")) {
@@ -110,13 +133,22 @@ fn rootless_root_owned_lower_files_visible_and_readable() {
         p
     });
     mount.unmount().unwrap_or_else(|m| panic!("{m}"));
-    assert!(problems.is_empty(), "rootless mount of root-owned layers:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "rootless mount of root-owned layers:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 fn replay(ops: &[Op]) {
-    let Some((engine, creds)) = setup("unprivileged") else { return };
+    let Some((engine, creds)) = setup("unprivileged") else {
+        return;
+    };
     let actor = Actor::new(Some(creds));
-    let flavor = Flavor::User { uid: creds.0, gid: creds.1 };
+    let flavor = Flavor::User {
+        uid: creds.0,
+        gid: creds.1,
+    };
     if let Err(m) = diff::run_case(&engine, flavor, &actor, ops, false) {
         panic!("{m}");
     }
@@ -124,9 +156,14 @@ fn replay(ops: &[Op]) {
 
 #[test]
 fn rootless_differential_random_sequences() {
-    let Some((engine, creds)) = setup("unprivileged") else { return };
+    let Some((engine, creds)) = setup("unprivileged") else {
+        return;
+    };
     let actor = Actor::new(Some(creds));
-    let flavor = Flavor::User { uid: creds.0, gid: creds.1 };
+    let flavor = Flavor::User {
+        uid: creds.0,
+        gid: creds.1,
+    };
     let mut runner = TestRunner::new(Config {
         cases: common::env_u64("STACKO_E2E_CASES", 12) as u32,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
@@ -151,25 +188,70 @@ fn rootless_differential_random_sequences() {
 #[test]
 fn rootless_permissions_and_ownership() {
     replay(&[
-        Write { path: "b", how: Append, mode: 0o644, off: 0, len: 10, seed: 1 },
+        Write {
+            path: "b",
+            how: Append,
+            mode: 0o644,
+            off: 0,
+            len: 10,
+            seed: 1,
+        },
         Stat { path: "b" },
-        Write { path: "d1/n", how: Create, mode: 0o644, off: 0, len: 1, seed: 1 },
+        Write {
+            path: "d1/n",
+            how: Create,
+            mode: 0o644,
+            off: 0,
+            len: 1,
+            seed: 1,
+        },
         Unlink { path: "s/a" },
-        Write { path: "s/b", how: Create, mode: 0o600, off: 0, len: 3, seed: 2 },
+        Write {
+            path: "s/b",
+            how: Create,
+            mode: 0o600,
+            off: 0,
+            len: 3,
+            seed: 2,
+        },
         Unlink { path: "s/b" },
-        Chown { path: "d3/a", uid: 0, gid: 0 },
-        Chmod { path: "d3/a", mode: 0o600 },
-        Rename { from: "d3/x", to: "d3/a", flags: 2 },
-        Mkdir { path: "d2/s", mode: 0o2775 },
-        SetXattr { path: "d3/b", name: "user.n", value: 2 },
-        Read { path: "x", off: 0, len: 10 },
+        Chown {
+            path: "d3/a",
+            uid: 0,
+            gid: 0,
+        },
+        Chmod {
+            path: "d3/a",
+            mode: 0o600,
+        },
+        Rename {
+            from: "d3/x",
+            to: "d3/a",
+            flags: 2,
+        },
+        Mkdir {
+            path: "d2/s",
+            mode: 0o2775,
+        },
+        SetXattr {
+            path: "d3/b",
+            name: "user.n",
+            value: 2,
+        },
+        Read {
+            path: "x",
+            off: 0,
+            len: 10,
+        },
         Readdir { path: "d3" },
     ]);
 }
 
 #[test]
 fn rootless_integrity() {
-    let Some((engine, creds)) = setup("unprivileged") else { return };
+    let Some((engine, creds)) = setup("unprivileged") else {
+        return;
+    };
     let actor = Actor::new(Some(creds));
     let cfg = common::integrity::Config {
         ops: common::env_u64("STACKO_E2E_INTEGRITY_OPS_ROOTLESS", 10_000),
@@ -180,4 +262,18 @@ fn rootless_integrity() {
     if let Err(m) = common::integrity::run(&engine, &actor, &cfg) {
         panic!("rootless integrity (seed {}): {m}", cfg.seed);
     }
+}
+
+// ---- Shrunk failures found while developing. ----
+
+/// The user renames a root-owned lower symlink: it is copied up by the user, and its owner must
+/// still show as root (stacko-overlay showed the user: user.* xattrs cannot be set on symlinks,
+/// so the override must live elsewhere).
+#[test]
+fn regression_rootless_rename_root_owned_symlink() {
+    replay(&[Rename {
+        from: "c",
+        to: "d2/x",
+        flags: 0,
+    }]);
 }

@@ -93,6 +93,17 @@ impl OverlayFs {
                 upper::set_opaque(fd.as_raw_fd())?;
             }
             sys::fsync(fd.as_raw_fd(), false)?;
+            // Whiteouts in an opaque directory hide nothing, and the kernel lists them in a
+            // directory it takes for a plain upper one: remove them.
+            for e in sys::list_dir(fd.as_raw_fd())? {
+                let wh = match sys::fstatat_opt(fd.as_raw_fd(), &e.name)? {
+                    Some(st) => whiteout::is_whiteout(&st),
+                    None => false,
+                };
+                if wh || whiteout::oci_target(&e.name).is_some() {
+                    sys::unlinkat(fd.as_raw_fd(), &e.name, 0)?;
+                }
+            }
             dir.st_mut().lower_dirs.clear();
             if redirected {
                 stats.dirs_materialized += 1;

@@ -374,15 +374,80 @@ pub enum XTarget<'a> {
     At(RawFd, &'a OsStr),
 }
 
+/// Whether the kernel lacks the `*xattrat` system calls (Linux < 6.13): then xattrs of a
+/// name inside a directory fd go through a `/proc/self/fd` path.
+static NO_XATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+// System call numbers of the `*xattrat` calls (Linux 6.13; the same on every architecture).
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// `struct xattr_args` of the `*xattrat` calls.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Runs an `*xattrat` call on (`dirfd`, `name`) without following symlinks; `None` when
+/// the kernel does not have it (the caller then uses the `/proc` path).
+fn xattrat(call: impl FnOnce(libc::c_int, *const libc::c_char, libc::c_uint) -> libc::c_long, dirfd: RawFd, name: &CStr) -> Option<libc::c_long> {
+    use std::sync::atomic::Ordering;
+    if NO_XATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let r = call(dirfd, name.as_ptr(), libc::AT_SYMLINK_NOFOLLOW as libc::c_uint);
+    if r < 0 && Errno::last() == Errno::ENOSYS {
+        NO_XATTRAT.store(true, Ordering::Relaxed);
+        return None;
+    }
+    Some(r)
+}
+
 /// Gets an xattr; `Ok(None)` if it is not set.
 pub fn getxattr(t: XTarget<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
     let n = cstr(name)?;
-    let path = match t {
-        XTarget::At(d, p) if !p.is_empty() => Some(proc_path(d, p)?),
+    let at = match t {
+        XTarget::At(d, p) if !p.is_empty() => Some((d, cstr(p)?)),
         _ => None,
     };
+    let mut path = None;
     let mut buf = vec![0u8; 256];
     loop {
+        if let Some((d, p)) = &at {
+            let r = xattrat(
+                |fd, pp, fl| unsafe {
+                    let args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+                    libc::syscall(SYS_GETXATTRAT, fd, pp, fl, n.as_ptr(), &args as *const XattrArgs, std::mem::size_of::<XattrArgs>())
+                },
+                *d,
+                p,
+            );
+            match r {
+                Some(r) => match check_ssize(r as libc::ssize_t) {
+                    Ok(len) => {
+                        buf.truncate(len);
+                        return Ok(Some(buf));
+                    }
+                    Err(Errno(libc::ENODATA)) => return Ok(None),
+                    Err(Errno(libc::ERANGE)) if buf.len() < 1 << 20 => {
+                        buf.resize(buf.len() * 8, 0);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    if path.is_none() {
+                        if let XTarget::At(d, p) = t {
+                            path = Some(proc_path(d, p)?);
+                        }
+                    }
+                }
+            }
+        }
         let r = unsafe {
             match (&path, t) {
                 (Some(p), _) => libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
@@ -409,8 +474,21 @@ pub fn setxattr(t: XTarget<'_>, name: &OsStr, value: &[u8], flags: i32) -> Resul
     let r = unsafe {
         match t {
             XTarget::At(d, p) if !p.is_empty() => {
-                let path = proc_path(d, p)?;
-                libc::lsetxattr(path.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+                let pc = cstr(p)?;
+                let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: flags as u32 };
+                match xattrat(
+                    |fd, pp, fl| {
+                        libc::syscall(SYS_SETXATTRAT, fd, pp, fl, n.as_ptr(), &args as *const XattrArgs, std::mem::size_of::<XattrArgs>())
+                    },
+                    d,
+                    &pc,
+                ) {
+                    Some(r) => r as libc::c_int,
+                    None => {
+                        let path = proc_path(d, p)?;
+                        libc::lsetxattr(path.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+                    }
+                }
             }
             XTarget::Fd(fd) | XTarget::At(fd, _) => {
                 libc::fsetxattr(fd, n.as_ptr(), value.as_ptr().cast(), value.len(), flags)
@@ -427,8 +505,14 @@ pub fn removexattr(t: XTarget<'_>, name: &OsStr) -> Result<()> {
     let r = unsafe {
         match t {
             XTarget::At(d, p) if !p.is_empty() => {
-                let path = proc_path(d, p)?;
-                libc::lremovexattr(path.as_ptr(), n.as_ptr())
+                let pc = cstr(p)?;
+                match xattrat(|fd, pp, fl| libc::syscall(SYS_REMOVEXATTRAT, fd, pp, fl, n.as_ptr()), d, &pc) {
+                    Some(r) => r as libc::c_int,
+                    None => {
+                        let path = proc_path(d, p)?;
+                        libc::lremovexattr(path.as_ptr(), n.as_ptr())
+                    }
+                }
             }
             XTarget::Fd(fd) | XTarget::At(fd, _) => libc::fremovexattr(fd, n.as_ptr()),
         }
@@ -439,16 +523,31 @@ pub fn removexattr(t: XTarget<'_>, name: &OsStr) -> Result<()> {
 
 /// Lists xattr names.
 pub fn listxattr(t: XTarget<'_>) -> Result<Vec<OsString>> {
-    let path = match t {
-        XTarget::At(d, p) if !p.is_empty() => Some(proc_path(d, p)?),
+    let at = match t {
+        XTarget::At(d, p) if !p.is_empty() => Some((d, cstr(p)?)),
         _ => None,
     };
+    let mut path = None;
     let mut buf = vec![0u8; 1024];
     loop {
+        let via_at = match &at {
+            Some((d, p)) => xattrat(
+                |fd, pp, fl| unsafe { libc::syscall(SYS_LISTXATTRAT, fd, pp, fl, buf.as_mut_ptr(), buf.len()) },
+                *d,
+                p,
+            ),
+            None => None,
+        };
+        if via_at.is_none() && at.is_some() && path.is_none() {
+            if let XTarget::At(d, p) = t {
+                path = Some(proc_path(d, p)?);
+            }
+        }
         let r = unsafe {
-            match (&path, t) {
-                (Some(p), _) => libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
-                (None, XTarget::Fd(fd)) | (None, XTarget::At(fd, _)) => {
+            match (via_at, &path, t) {
+                (Some(r), _, _) => r as libc::ssize_t,
+                (None, Some(p), _) => libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+                (None, None, XTarget::Fd(fd)) | (None, None, XTarget::At(fd, _)) => {
                     libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len())
                 }
             }

@@ -77,7 +77,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, u64, Vec<u8>)> {
         for name in entries {
             let r = rel.join(&name);
             let p = root.join(&r);
-            let m = fs::symlink_metadata(&p).unwrap();
+            let m = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             let ft = m.file_type();
             let (t, content) = if ft.is_dir() {
                 ('d', Vec::new())

@@ -30,7 +30,12 @@ impl Actor {
             .spawn(move || {
                 if let Some((uid, gid)) = creds {
                     let r = unsafe {
-                        if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0 {
+                        if libc::syscall(
+                            libc::SYS_setgroups,
+                            0usize,
+                            std::ptr::null::<libc::gid_t>(),
+                        ) != 0
+                        {
                             Err("setgroups")
                         } else if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
                             Err("setresgid")
@@ -40,9 +45,15 @@ impl Actor {
                             Ok(())
                         }
                     };
-                    let r = r.map_err(|what| format!("{what}: {}", std::io::Error::last_os_error()));
+                    let r =
+                        r.map_err(|what| format!("{what}: {}", std::io::Error::last_os_error()));
                     let r = r.and_then(|()| {
-                        let (u, g) = unsafe { (libc::syscall(libc::SYS_geteuid), libc::syscall(libc::SYS_getegid)) };
+                        let (u, g) = unsafe {
+                            (
+                                libc::syscall(libc::SYS_geteuid),
+                                libc::syscall(libc::SYS_getegid),
+                            )
+                        };
                         if u as u32 == uid && g as u32 == gid {
                             Ok(())
                         } else {
@@ -67,7 +78,11 @@ impl Actor {
             Ok(Err(e)) => panic!("actor could not switch to {creds:?}: {e}"),
             Err(_) => panic!("actor thread died while switching to {creds:?}"),
         }
-        Actor { tx: Some(tx), handle: Some(handle), creds }
+        Actor {
+            tx: Some(tx),
+            handle: Some(handle),
+            creds,
+        }
     }
 
     /// Runs `f` on the actor thread and returns its result (a panic in `f` is re-raised here).
@@ -76,7 +91,11 @@ impl Actor {
         let job: Job = Box::new(move || {
             let _ = rtx.send(catch_unwind(AssertUnwindSafe(f)));
         });
-        self.tx.as_ref().expect("actor alive").send(job).expect("actor thread gone");
+        self.tx
+            .as_ref()
+            .expect("actor alive")
+            .send(job)
+            .expect("actor thread gone");
         match rrx.recv().expect("actor thread died") {
             Ok(v) => v,
             Err(p) => resume_unwind(p),

@@ -32,7 +32,9 @@ pub const PATHS: &[&str] = &[
 /// Symlink targets: relative and without `..`, so no symlink can point out of the mount.
 pub const TARGETS: &[&str] = &["a", "b", "s", "s/a", "x/y", "nonexistent", "c"];
 /// Modes for mkdir/chmod/create.
-pub const MODES: &[u32] = &[0o644, 0o600, 0o755, 0o4755, 0o2775, 0o1777, 0o000, 0o444, 0o666, 0o777];
+pub const MODES: &[u32] = &[
+    0o644, 0o600, 0o755, 0o4755, 0o2775, 0o1777, 0o000, 0o444, 0o666, 0o777,
+];
 /// Owners for chown.
 pub const OWNERS: &[(u32, u32)] = &[(0, 0), (1000, 1000), (65534, 65534), (0, 100), (1002, 1002)];
 /// User xattr names.
@@ -60,11 +62,22 @@ pub enum How {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// open (per `how`, mode `mode`), pwrite `len` pattern bytes at `off` (if len > 0), close.
-    Write { path: &'static str, how: How, mode: u32, off: u64, len: usize, seed: u8 },
+    Write {
+        path: &'static str,
+        how: How,
+        mode: u32,
+        off: u64,
+        len: usize,
+        seed: u8,
+    },
     /// truncate(2).
     Truncate { path: &'static str, len: u64 },
     /// open O_RDONLY, pread, close.
-    Read { path: &'static str, off: u64, len: usize },
+    Read {
+        path: &'static str,
+        off: u64,
+        len: usize,
+    },
     /// mkdir(2).
     Mkdir { path: &'static str, mode: u32 },
     /// rmdir(2).
@@ -72,25 +85,55 @@ pub enum Op {
     /// unlink(2).
     Unlink { path: &'static str },
     /// renameat2(2); flags 0, 1 = RENAME_NOREPLACE, 2 = RENAME_EXCHANGE.
-    Rename { from: &'static str, to: &'static str, flags: u32 },
+    Rename {
+        from: &'static str,
+        to: &'static str,
+        flags: u32,
+    },
     /// link(2).
-    Link { from: &'static str, to: &'static str },
+    Link {
+        from: &'static str,
+        to: &'static str,
+    },
     /// symlink(2).
-    Symlink { target: &'static str, path: &'static str },
+    Symlink {
+        target: &'static str,
+        path: &'static str,
+    },
     /// mknod(2) of a fifo, mode 0640.
     Mkfifo { path: &'static str },
     /// chmod(2).
     Chmod { path: &'static str, mode: u32 },
     /// chown(2).
-    Chown { path: &'static str, uid: u32, gid: u32 },
+    Chown {
+        path: &'static str,
+        uid: u32,
+        gid: u32,
+    },
     /// utimensat(2) with explicit times (follows symlinks).
-    Utimens { path: &'static str, sec: i64, nsec: i64 },
+    Utimens {
+        path: &'static str,
+        sec: i64,
+        nsec: i64,
+    },
     /// setxattr(2) (follows symlinks), value "v<value>".
-    SetXattr { path: &'static str, name: &'static str, value: u8 },
+    SetXattr {
+        path: &'static str,
+        name: &'static str,
+        value: u8,
+    },
     /// removexattr(2).
-    RemoveXattr { path: &'static str, name: &'static str },
+    RemoveXattr {
+        path: &'static str,
+        name: &'static str,
+    },
     /// open O_WRONLY, fallocate(mode) (0, 1 = KEEP_SIZE, 3 = PUNCH_HOLE|KEEP_SIZE), close.
-    Fallocate { path: &'static str, mode: i32, off: u64, len: u64 },
+    Fallocate {
+        path: &'static str,
+        mode: i32,
+        off: u64,
+        len: u64,
+    },
     /// readdir: names and d_types.
     Readdir { path: &'static str },
     /// lstat.
@@ -109,7 +152,14 @@ pub enum Val {
     /// A directory listing.
     List(Vec<(String, u8)>),
     /// lstat summary: kind, perm, uid, gid, size (non-dirs), nlink (non-dirs).
-    Attr { kind: char, perm: u32, uid: u32, gid: u32, size: u64, nlink: u64 },
+    Attr {
+        kind: char,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        nlink: u64,
+    },
 }
 
 /// An op's outcome: value or errno.
@@ -132,7 +182,14 @@ fn p(root: &Path, rel: &str) -> PathBuf {
 pub fn apply(root: &Path, op: &Op) -> Outcome {
     use Op::*;
     match *op {
-        Write { path, how, mode, off, len, seed } => {
+        Write {
+            path,
+            how,
+            mode,
+            off,
+            len,
+            seed,
+        } => {
             let extra = match how {
                 How::Plain => 0,
                 How::Create => libc::O_CREAT,
@@ -141,7 +198,11 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
                 How::CreateTrunc => libc::O_CREAT | libc::O_TRUNC,
                 How::Append => libc::O_APPEND,
             };
-            let fd = sys::open(&p(root, path), libc::O_WRONLY | libc::O_NONBLOCK | extra, mode)?;
+            let fd = sys::open(
+                &p(root, path),
+                libc::O_WRONLY | libc::O_NONBLOCK | extra,
+                mode,
+            )?;
             let data = layers::pattern(seed as u32, len);
             let n = if len == 0 {
                 0
@@ -163,18 +224,28 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
         Mkdir { path, mode } => sys::mkdir(&p(root, path), mode).map(|_| Val::Unit),
         Rmdir { path } => sys::rmdir(&p(root, path)).map(|_| Val::Unit),
         Unlink { path } => sys::unlink(&p(root, path)).map(|_| Val::Unit),
-        Rename { from, to, flags } => sys::rename2(&p(root, from), &p(root, to), flags).map(|_| Val::Unit),
+        Rename { from, to, flags } => {
+            sys::rename2(&p(root, from), &p(root, to), flags).map(|_| Val::Unit)
+        }
         Link { from, to } => sys::link(&p(root, from), &p(root, to)).map(|_| Val::Unit),
         Symlink { target, path } => sys::symlink(target, &p(root, path)).map(|_| Val::Unit),
         Mkfifo { path } => sys::mknod(&p(root, path), libc::S_IFIFO | 0o640, 0).map(|_| Val::Unit),
         Chmod { path, mode } => sys::chmod(&p(root, path), mode).map(|_| Val::Unit),
         Chown { path, uid, gid } => sys::chown(&p(root, path), uid, gid).map(|_| Val::Unit),
-        Utimens { path, sec, nsec } => sys::utimens(&p(root, path), (sec - 5, 0), (sec, nsec), true).map(|_| Val::Unit),
+        Utimens { path, sec, nsec } => {
+            sys::utimens(&p(root, path), (sec - 5, 0), (sec, nsec), true).map(|_| Val::Unit)
+        }
         SetXattr { path, name, value } => {
-            sys::setxattr(&p(root, path), name, format!("v{value}").as_bytes(), true).map(|_| Val::Unit)
+            sys::setxattr(&p(root, path), name, format!("v{value}").as_bytes(), true)
+                .map(|_| Val::Unit)
         }
         RemoveXattr { path, name } => sys::removexattr(&p(root, path), name).map(|_| Val::Unit),
-        Fallocate { path, mode, off, len } => {
+        Fallocate {
+            path,
+            mode,
+            off,
+            len,
+        } => {
             let fd = sys::open(&p(root, path), libc::O_WRONLY | libc::O_NONBLOCK, 0)?;
             sys::fallocate(&fd, mode, off, len)?;
             fd.close()?;
@@ -224,14 +295,29 @@ pub enum Allowed {
 #[derive(Debug)]
 pub enum Observed<'a> {
     /// The outcome of one op differs.
-    Op { op: &'a Op, kernel: &'a Outcome, engine: &'a Outcome, model_nlink: u64 },
+    Op {
+        op: &'a Op,
+        kernel: &'a Outcome,
+        engine: &'a Outcome,
+        model_nlink: u64,
+    },
     /// The link count of a non-directory differs (final or per-op tree comparison).
-    Nlink { kernel: u64, engine: u64, model: u64 },
+    Nlink {
+        kernel: u64,
+        engine: u64,
+        model: u64,
+    },
     /// A hard-link group: whether all names are one inode on each side.
-    LinkGroup { kernel_joined: bool, engine_joined: bool },
+    LinkGroup {
+        kernel_joined: bool,
+        engine_joined: bool,
+    },
     /// After a successful rename or exchange of two names of one inode: whether the kernel
     /// changed anything (removed `a`, or touched the parents' mtimes), whether the engine kept `a`.
-    RenameOntoOwnLink { kernel_changed: bool, engine_kept_source: bool },
+    RenameOntoOwnLink {
+        kernel_changed: bool,
+        engine_kept_source: bool,
+    },
 }
 
 /// The complete list of differences from kernel overlayfs the harness tolerates; each one is a
@@ -239,20 +325,49 @@ pub enum Observed<'a> {
 /// only in the direction of the improvement. Anything else is a failure.
 pub fn allowed_difference(o: &Observed) -> Option<Allowed> {
     match *o {
-        Observed::Op { op: Op::Rename { .. }, kernel: Err(libc::EXDEV), engine, .. } if *engine != Err(libc::EXDEV) => {
-            Some(Allowed::DirRenameExdev)
-        }
+        Observed::Op {
+            op: Op::Rename { .. },
+            kernel: Err(libc::EXDEV),
+            engine,
+            ..
+        } if *engine != Err(libc::EXDEV) => Some(Allowed::DirRenameExdev),
         Observed::Op {
             op: Op::Stat { .. },
-            kernel: Ok(Val::Attr { kind: k0, perm: k1, uid: k2, gid: k3, size: k4, nlink: kn }),
-            engine: Ok(Val::Attr { kind: e0, perm: e1, uid: e2, gid: e3, size: e4, nlink: en }),
+            kernel:
+                Ok(Val::Attr {
+                    kind: k0,
+                    perm: k1,
+                    uid: k2,
+                    gid: k3,
+                    size: k4,
+                    nlink: kn,
+                }),
+            engine:
+                Ok(Val::Attr {
+                    kind: e0,
+                    perm: e1,
+                    uid: e2,
+                    gid: e3,
+                    size: e4,
+                    nlink: en,
+                }),
             model_nlink,
-        } if (k0, k1, k2, k3, k4) == (e0, e1, e2, e3, e4) && kn != en && *en == model_nlink => Some(Allowed::NlinkStale),
-        Observed::Nlink { kernel, engine, model } if kernel != engine && engine == model => Some(Allowed::NlinkStale),
-        Observed::LinkGroup { kernel_joined: false, engine_joined: true } => Some(Allowed::HardLinkSplit),
-        Observed::RenameOntoOwnLink { kernel_changed: true, engine_kept_source: true } => {
-            Some(Allowed::RenameOntoOwnLink)
+        } if (k0, k1, k2, k3, k4) == (e0, e1, e2, e3, e4) && kn != en && *en == model_nlink => {
+            Some(Allowed::NlinkStale)
         }
+        Observed::Nlink {
+            kernel,
+            engine,
+            model,
+        } if kernel != engine && engine == model => Some(Allowed::NlinkStale),
+        Observed::LinkGroup {
+            kernel_joined: false,
+            engine_joined: true,
+        } => Some(Allowed::HardLinkSplit),
+        Observed::RenameOntoOwnLink {
+            kernel_changed: true,
+            engine_kept_source: true,
+        } => Some(Allowed::RenameOntoOwnLink),
         _ => None,
     }
 }
@@ -274,14 +389,18 @@ fn reprefix(p: &str, from: &str, to: &str) -> String {
 impl Links {
     /// Starts from the fixture's groups.
     pub fn new(groups: &[Vec<String>]) -> Links {
-        Links { groups: groups.to_vec() }
+        Links {
+            groups: groups.to_vec(),
+        }
     }
     fn find(&self, p: &str) -> Option<usize> {
         self.groups.iter().position(|g| g.iter().any(|m| m == p))
     }
     /// Expected st_nlink of a non-directory.
     pub fn count(&self, p: &str) -> u64 {
-        self.find(p).map(|i| self.groups[i].len() as u64).unwrap_or(1)
+        self.find(p)
+            .map(|i| self.groups[i].len() as u64)
+            .unwrap_or(1)
     }
     /// True when `a` and `b` are names of one inode.
     pub fn same(&self, a: &str, b: &str) -> bool {
@@ -289,7 +408,11 @@ impl Links {
     }
     /// Groups with more than one name.
     pub fn multi(&self) -> Vec<Vec<String>> {
-        self.groups.iter().filter(|g| g.len() > 1).cloned().collect()
+        self.groups
+            .iter()
+            .filter(|g| g.len() > 1)
+            .cloned()
+            .collect()
     }
     fn remove(&mut self, p: &str) {
         for g in &mut self.groups {
@@ -365,10 +488,20 @@ fn ino_keepers(op: &Op) -> Vec<(&'static str, &'static str, bool)> {
 
 /// `mv` semantics for a rename the kernel refused with EXDEV, replayed on the kernel side by
 /// copy + delete (as root). Returns the outcome a rename-capable overlay must give.
-fn emulate_rename_by_copy(root: &Path, from: &str, to: &str, flags: u32) -> Result<Outcome, String> {
+fn emulate_rename_by_copy(
+    root: &Path,
+    from: &str,
+    to: &str,
+    flags: u32,
+) -> Result<Outcome, String> {
     let f = p(root, from);
     let t = p(root, to);
-    let h = |what: &str, e: Errno| format!("harness: emulating rename {from} -> {to}: {what}: {}", errno_name(e));
+    let h = |what: &str, e: Errno| {
+        format!(
+            "harness: emulating rename {from} -> {to}: {what}: {}",
+            errno_name(e)
+        )
+    };
     if flags & libc::RENAME_EXCHANGE != 0 {
         let t1 = t.with_file_name(".xchg1");
         let t2 = f.with_file_name(".xchg2");
@@ -400,7 +533,10 @@ fn emulate_rename_by_copy(root: &Path, from: &str, to: &str, flags: u32) -> Resu
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), Errno> {
     let st = sys::lstat(src)?;
     let perm = st.st_mode & 0o7777;
-    let times = ((st.st_atime as i64, st.st_atime_nsec as i64), (st.st_mtime as i64, st.st_mtime_nsec as i64));
+    let times = (
+        (st.st_atime as i64, st.st_atime_nsec as i64),
+        (st.st_mtime as i64, st.st_mtime_nsec as i64),
+    );
     match sys::kind_of(st.st_mode) {
         'd' => {
             sys::mkdir(dst, 0o700)?;
@@ -445,14 +581,19 @@ pub fn remove_tree(p: &Path) -> Result<(), Errno> {
 /// lower layer). Kernel overlayfs's own `st_ino` is not usable for this: after a copy-up, a
 /// name reached through the origin reports the lower inode number and a name created by
 /// link(2) reports the upper one, for the same inode.
-fn kernel_identity(k_upper: &Path, k_root: &Path, m: &str) -> Result<(bool, u64, libc::stat), String> {
+fn kernel_identity(
+    k_upper: &Path,
+    k_root: &Path,
+    m: &str,
+) -> Result<(bool, u64, libc::stat), String> {
     if let Ok(st) = sys::lstat(&k_upper.join(m)) {
         let whiteout = st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0;
         if !whiteout {
             return Ok((true, st.st_ino as u64, st));
         }
     }
-    let st = sys::lstat(&p(k_root, m)).map_err(|e| format!("harness: lstat {m} on the kernel side: {}", errno_name(e)))?;
+    let st = sys::lstat(&p(k_root, m))
+        .map_err(|e| format!("harness: lstat {m} on the kernel side: {}", errno_name(e)))?;
     Ok((false, st.st_ino as u64, st))
 }
 
@@ -483,16 +624,25 @@ fn rejoin(k_upper: &Path, root: &Path, group: &[String]) -> Result<(), String> {
             let tmp = target.with_file_name(".rejoin");
             // The re-link is the harness's doing: keep the parent's times as they were.
             let parent = target.parent().expect("parent").to_path_buf();
-            let pst = sys::lstat(&parent).map_err(|e| format!("harness: rejoin lstat parent of {m}: {}", errno_name(e)))?;
-            sys::link(&p(root, &canon.0), &tmp).map_err(|e| format!("harness: rejoin link {} -> {m}: {}", canon.0, errno_name(e)))?;
-            sys::rename2(&tmp, &target, 0).map_err(|e| format!("harness: rejoin rename onto {m}: {}", errno_name(e)))?;
+            let pst = sys::lstat(&parent)
+                .map_err(|e| format!("harness: rejoin lstat parent of {m}: {}", errno_name(e)))?;
+            sys::link(&p(root, &canon.0), &tmp).map_err(|e| {
+                format!("harness: rejoin link {} -> {m}: {}", canon.0, errno_name(e))
+            })?;
+            sys::rename2(&tmp, &target, 0)
+                .map_err(|e| format!("harness: rejoin rename onto {m}: {}", errno_name(e)))?;
             sys::utimens(
                 &parent,
                 (pst.st_atime as i64, pst.st_atime_nsec as i64),
                 (pst.st_mtime as i64, pst.st_mtime_nsec as i64),
                 false,
             )
-            .map_err(|e| format!("harness: rejoin restoring times of the parent of {m}: {}", errno_name(e)))?;
+            .map_err(|e| {
+                format!(
+                    "harness: rejoin restoring times of the parent of {m}: {}",
+                    errno_name(e)
+                )
+            })?;
         }
     }
     if !kernel_joined(k_upper, root, group)? {
@@ -538,7 +688,13 @@ fn prepare_side(base: &Path, flavor: Flavor, owner: Option<(u32, u32)>) -> Fixtu
             sys::lchown(&dp, uid, gid).expect("chown u/w/m");
         }
     }
-    sys::utimens(&base.join("u"), (1_300_000_007, 0), (1_300_000_000, 0), false).expect("utimens upper");
+    sys::utimens(
+        &base.join("u"),
+        (1_300_000_007, 0),
+        (1_300_000_000, 0),
+        false,
+    )
+    .expect("utimens upper");
     fx
 }
 
@@ -552,9 +708,22 @@ impl Case {
         let user = actor.creds;
         let k_fixture = prepare_side(&kb, flavor, user);
         let e_fixture = prepare_side(&eb, flavor, user);
-        let k_lowers_before = k_fixture.lowers.iter().map(|l| tree::raw_snapshot(l)).collect();
-        let e_lowers_before = e_fixture.lowers.iter().map(|l| tree::raw_snapshot(l)).collect();
-        let kernel_mount = KernelOverlay::mount(&k_fixture.lowers, &kb.join("u"), &kb.join("w"), &kb.join("m"))?;
+        let k_lowers_before = k_fixture
+            .lowers
+            .iter()
+            .map(|l| tree::raw_snapshot(l))
+            .collect();
+        let e_lowers_before = e_fixture
+            .lowers
+            .iter()
+            .map(|l| tree::raw_snapshot(l))
+            .collect();
+        let kernel_mount = KernelOverlay::mount(
+            &k_fixture.lowers,
+            &kb.join("u"),
+            &kb.join("w"),
+            &kb.join("m"),
+        )?;
         let opts = EngineOpts {
             lowers: e_fixture.lowers.clone(),
             upper_work: Some((eb.join("u"), eb.join("w"))),
@@ -583,7 +752,15 @@ impl Case {
 
     fn fail(&self, msg: String) -> String {
         let tail = self.engine_mount.log();
-        let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = tail
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         format!(
             "{msg}\n--- transcript (op -> kernel / engine) ---\n{}\n--- engine log (tail) ---\n{tail}",
             self.transcript.join("\n")
@@ -599,7 +776,12 @@ impl Case {
         let (k, e) = self.snapshots(actor);
         let links = self.links.clone();
         let judge = move |path: &str, kn: u64, en: u64| {
-            allowed_difference(&Observed::Nlink { kernel: kn, engine: en, model: links.count(path) }).is_some()
+            allowed_difference(&Observed::Nlink {
+                kernel: kn,
+                engine: en,
+                model: links.count(path),
+            })
+            .is_some()
         };
         let mut d = tree::compare(&k, &e, &judge);
         if !lax() {
@@ -607,7 +789,11 @@ impl Case {
             // (e.g. a lower hard link whose sibling was unlinked) and both agree.
             for (path, n) in &e {
                 if n.kind != 'd' && n.kind != '!' && n.nlink != self.links.count(path) {
-                    d.push(format!("/{path}: engine nlink {} but the file has {} names", n.nlink, self.links.count(path)));
+                    d.push(format!(
+                        "/{path}: engine nlink {} but the file has {} names",
+                        n.nlink,
+                        self.links.count(path)
+                    ));
                 }
             }
         }
@@ -626,18 +812,26 @@ impl Case {
         let k_root = self.k_root.clone();
         let pre: Vec<Option<u64>> = {
             let (r, keep) = (e_root.clone(), keep.clone());
-            actor.run(move || keep.iter().map(|(b, _, follow)| ino_of(&r, b, *follow)).collect())
+            actor.run(move || {
+                keep.iter()
+                    .map(|(b, _, follow)| ino_of(&r, b, *follow))
+                    .collect()
+            })
         };
         // Parent times on the kernel side before a rename onto another name of the same file,
         // for the RenameOntoOwnLink fix-up (POSIX: such a rename changes nothing).
         let own_link_parent_times: Vec<(PathBuf, libc::stat)> = match *op {
-            Op::Rename { from, to, flags } if flags != libc::RENAME_NOREPLACE && from != to && self.links.same(from, to) => [from, to]
-                .iter()
-                .filter_map(|x| {
-                    let par = p(&k_root, x).parent()?.to_path_buf();
-                    sys::lstat(&par).ok().map(|st| (par, st))
-                })
-                .collect(),
+            Op::Rename { from, to, flags }
+                if flags != libc::RENAME_NOREPLACE && from != to && self.links.same(from, to) =>
+            {
+                [from, to]
+                    .iter()
+                    .filter_map(|x| {
+                        let par = p(&k_root, x).parent()?.to_path_buf();
+                        sys::lstat(&par).ok().map(|st| (par, st))
+                    })
+                    .collect()
+            }
             _ => Vec::new(),
         };
         let k = {
@@ -648,7 +842,11 @@ impl Case {
             let (r, op) = (e_root.clone(), op.clone());
             actor.run(move || apply(&r, &op))
         };
-        self.transcript.push(format!("#{i} {op:?} -> kernel {} / engine {}", show(&k), show(&e)));
+        self.transcript.push(format!(
+            "#{i} {op:?} -> kernel {} / engine {}",
+            show(&k),
+            show(&e)
+        ));
         if strict {
             if let (Op::Rename { .. }, Err(libc::EXDEV)) = (op, &e) {
                 return Err(self.fail(format!(
@@ -661,10 +859,18 @@ impl Case {
                 Op::Stat { path } => self.links.count(path),
                 _ => 0,
             };
-            match allowed_difference(&Observed::Op { op, kernel: &k, engine: &e, model_nlink }) {
+            match allowed_difference(&Observed::Op {
+                op,
+                kernel: &k,
+                engine: &e,
+                model_nlink,
+            }) {
                 Some(Allowed::DirRenameExdev) => {
-                    let Op::Rename { from, to, flags } = *op else { unreachable!() };
-                    let ideal = emulate_rename_by_copy(&k_root, from, to, flags).map_err(|m| self.fail(m))?;
+                    let Op::Rename { from, to, flags } = *op else {
+                        unreachable!()
+                    };
+                    let ideal = emulate_rename_by_copy(&k_root, from, to, flags)
+                        .map_err(|m| self.fail(m))?;
                     if ideal != e {
                         return Err(self.fail(format!(
                             "op #{i} {op:?}: kernel EXDEV; expected the engine's rename to give {} (mv semantics), got {}",
@@ -672,7 +878,10 @@ impl Case {
                             show(&e)
                         )));
                     }
-                    self.transcript.push(format!("   (allowed: {:?}; kernel side replayed by copy)", Allowed::DirRenameExdev));
+                    self.transcript.push(format!(
+                        "   (allowed: {:?}; kernel side replayed by copy)",
+                        Allowed::DirRenameExdev
+                    ));
                 }
                 Some(a) => self.transcript.push(format!("   (allowed: {a:?})")),
                 None => {
@@ -690,12 +899,24 @@ impl Case {
             if let Op::Rename { from, to, flags } = *op {
                 if flags != libc::RENAME_NOREPLACE && from != to && self.links.same(from, to) {
                     let (kr, er) = (k_root.clone(), e_root.clone());
-                    let (kk, ek) = actor.run(move || (sys::lstat(&kr.join(from)).is_ok(), sys::lstat(&er.join(from)).is_ok()));
+                    let (kk, ek) = actor.run(move || {
+                        (
+                            sys::lstat(&kr.join(from)).is_ok(),
+                            sys::lstat(&er.join(from)).is_ok(),
+                        )
+                    });
                     let times_changed = own_link_parent_times.iter().any(|(par, st)| {
-                        sys::lstat(par).map(|n| (n.st_mtime, n.st_mtime_nsec) != (st.st_mtime, st.st_mtime_nsec)).unwrap_or(true)
+                        sys::lstat(par)
+                            .map(|n| {
+                                (n.st_mtime, n.st_mtime_nsec) != (st.st_mtime, st.st_mtime_nsec)
+                            })
+                            .unwrap_or(true)
                     });
                     let kernel_changed = !kk || times_changed;
-                    let obs = Observed::RenameOntoOwnLink { kernel_changed, engine_kept_source: ek };
+                    let obs = Observed::RenameOntoOwnLink {
+                        kernel_changed,
+                        engine_kept_source: ek,
+                    };
                     match allowed_difference(&obs) {
                         Some(a) => {
                             if !kk {
@@ -732,7 +953,12 @@ impl Case {
         // st_ino must survive copy-up and rename on the engine.
         if e.is_ok() && !keep.is_empty() {
             let (r, keep2) = (e_root.clone(), keep.clone());
-            let post: Vec<Option<u64>> = actor.run(move || keep2.iter().map(|(_, a, follow)| ino_of(&r, a, *follow)).collect());
+            let post: Vec<Option<u64>> = actor.run(move || {
+                keep2
+                    .iter()
+                    .map(|(_, a, follow)| ino_of(&r, a, *follow))
+                    .collect()
+            });
             for ((b, a, _), (x, y)) in keep.iter().zip(pre.iter().zip(post.iter())) {
                 if let (Some(x), Some(y)) = (x, y) {
                     if x != y && strict {
@@ -747,12 +973,19 @@ impl Case {
         for g in self.links.multi() {
             let (er, g2) = (e_root.clone(), g.clone());
             let es = actor.run(move || {
-                g2.iter().map(|m| sys::lstat(&er.join(m)).map(|s| (s.st_ino, s.st_nlink as u64))).collect::<Vec<_>>()
+                g2.iter()
+                    .map(|m| sys::lstat(&er.join(m)).map(|s| (s.st_ino, s.st_nlink as u64)))
+                    .collect::<Vec<_>>()
             });
             let e_ok = es.iter().all(|r| r.is_ok())
-                && es.iter().all(|r| r.as_ref().map(|x| x.0).ok() == es[0].as_ref().map(|x| x.0).ok())
-                && es.iter().all(|r| r.as_ref().map(|x| x.1).ok() == Some(g.len() as u64));
-            let k_joined = kernel_joined(&self.k_upper, &k_root, &g).map_err(|m| self.fail(format!("{m} (link model {g:?})")))?;
+                && es
+                    .iter()
+                    .all(|r| r.as_ref().map(|x| x.0).ok() == es[0].as_ref().map(|x| x.0).ok())
+                && es
+                    .iter()
+                    .all(|r| r.as_ref().map(|x| x.1).ok() == Some(g.len() as u64));
+            let k_joined = kernel_joined(&self.k_upper, &k_root, &g)
+                .map_err(|m| self.fail(format!("{m} (link model {g:?})")))?;
             if !e_ok && strict {
                 return Err(self.fail(format!(
                     "after op #{i} {op:?}: engine hard links {g:?} are not one inode with nlink {}: (ino, nlink) = {es:?}",
@@ -760,7 +993,10 @@ impl Case {
                 )));
             }
             if !k_joined {
-                match allowed_difference(&Observed::LinkGroup { kernel_joined: false, engine_joined: e_ok }) {
+                match allowed_difference(&Observed::LinkGroup {
+                    kernel_joined: false,
+                    engine_joined: e_ok,
+                }) {
                     Some(_) => rejoin(&self.k_upper, &k_root, &g).map_err(|m| self.fail(m))?,
                     None => {} // lax mode, engine split like the kernel
                 }
@@ -774,23 +1010,41 @@ impl Case {
     pub fn finish(mut self, actor: &Actor) -> Result<(), String> {
         let strict = !lax();
         let (_, e_before) = self.compare_trees(actor, "at the end")?;
-        self.engine_mount.unmount().map_err(|m| self.fail(format!("engine unmount: {m}")))?;
+        self.engine_mount
+            .unmount()
+            .map_err(|m| self.fail(format!("engine unmount: {m}")))?;
         let opts = self.engine_mount.opts().clone();
-        self.engine_mount = EngineMount::mount(&self.engine, &opts).map_err(|m| self.fail(format!("engine remount: {m}")))?;
-        self.transcript.push("-- engine unmounted and remounted --".into());
+        self.engine_mount = EngineMount::mount(&self.engine, &opts)
+            .map_err(|m| self.fail(format!("engine remount: {m}")))?;
+        self.transcript
+            .push("-- engine unmounted and remounted --".into());
         let (_, e_after) = self.compare_trees(actor, "after the engine was remounted")?;
         let moved = tree::ino_changes(&e_before, &e_after);
         if !moved.is_empty() && strict {
-            return Err(self.fail(format!("st_ino changed across an engine remount:\n  {}", moved.join("\n  "))));
+            return Err(self.fail(format!(
+                "st_ino changed across an engine remount:\n  {}",
+                moved.join("\n  ")
+            )));
         }
-        self.engine_mount.unmount().map_err(|m| self.fail(format!("engine unmount: {m}")))?;
-        self.kernel_mount.unmount().map_err(|m| self.fail(format!("kernel unmount: {m}")))?;
-        for (fx, before, who) in [(&self.k_fixture, &self.k_lowers_before, "kernel"), (&self.e_fixture, &self.e_lowers_before, "engine")] {
+        self.engine_mount
+            .unmount()
+            .map_err(|m| self.fail(format!("engine unmount: {m}")))?;
+        self.kernel_mount
+            .unmount()
+            .map_err(|m| self.fail(format!("kernel unmount: {m}")))?;
+        for (fx, before, who) in [
+            (&self.k_fixture, &self.k_lowers_before, "kernel"),
+            (&self.e_fixture, &self.e_lowers_before, "engine"),
+        ] {
             for (l, b) in fx.lowers.iter().zip(before.iter()) {
                 let after = tree::raw_snapshot(l);
                 let d = tree::compare_raw(b, &after);
                 if !d.is_empty() {
-                    return Err(self.fail(format!("{who}: lower layer {} was modified:\n  {}", l.display(), d.join("\n  "))));
+                    return Err(self.fail(format!(
+                        "{who}: lower layer {} was modified:\n  {}",
+                        l.display(),
+                        d.join("\n  ")
+                    )));
                 }
             }
         }
@@ -800,12 +1054,14 @@ impl Case {
 
     /// Checks the freshly mounted trees agree before any op.
     pub fn check_initial(&self, actor: &Actor) -> Result<(), String> {
-        self.compare_trees(actor, "right after mounting").map(|_| ())
+        self.compare_trees(actor, "right after mounting")
+            .map(|_| ())
     }
 
     /// Compares the trees now (used after every op in some cases).
     pub fn check_now(&self, actor: &Actor, i: usize) -> Result<(), String> {
-        self.compare_trees(actor, &format!("after op #{i}")).map(|_| ())
+        self.compare_trees(actor, &format!("after op #{i}"))
+            .map(|_| ())
     }
 
     /// The mount roots (kernel, engine).
@@ -816,21 +1072,41 @@ impl Case {
 
 fn ino_of(root: &Path, rel: &str, follow: bool) -> Option<u64> {
     let q = root.join(rel);
-    let st = if follow { sys::stat(&q) } else { sys::lstat(&q) };
+    let st = if follow {
+        sys::stat(&q)
+    } else {
+        sys::lstat(&q)
+    };
     st.ok().map(|s| s.st_ino as u64)
 }
 
 /// Runs one whole case; `Err` carries a full report.
-pub fn run_case(engine: &Engine, flavor: Flavor, actor: &Actor, ops: &[Op], end_only: bool) -> Result<(), String> {
+pub fn run_case(
+    engine: &Engine,
+    flavor: Flavor,
+    actor: &Actor,
+    ops: &[Op],
+    end_only: bool,
+) -> Result<(), String> {
     let mut case = Case::start(engine, flavor, actor)?;
     case.check_initial(actor)?;
     for (i, op) in ops.iter().enumerate() {
-        let r = case.step(actor, i, op).and_then(|()| if end_only { Ok(()) } else { case.check_now(actor, i) });
+        let r = case.step(actor, i, op).and_then(|()| {
+            if end_only {
+                Ok(())
+            } else {
+                case.check_now(actor, i)
+            }
+        });
         if let Err(m) = r {
-            return Err(format!("{m}\n--- replay (ops up to the failing one) ---\n{}", replay_text(&ops[..=i])));
+            return Err(format!(
+                "{m}\n--- replay (ops up to the failing one) ---\n{}",
+                replay_text(&ops[..=i])
+            ));
         }
     }
-    case.finish(actor).map_err(|m| format!("{m}\n--- replay ---\n{}", replay_text(ops)))
+    case.finish(actor)
+        .map_err(|m| format!("{m}\n--- replay ---\n{}", replay_text(ops)))
 }
 
 /// The ops as Rust source for a `regression_*` test.
@@ -858,7 +1134,12 @@ fn offset() -> impl Strategy<Value = u64> {
 }
 
 fn length() -> impl Strategy<Value = usize> {
-    prop_oneof![Just(0usize), 1..200usize, 4000..9000usize, Just(70_000usize)]
+    prop_oneof![
+        Just(0usize),
+        1..200usize,
+        4000..9000usize,
+        Just(70_000usize)
+    ]
 }
 
 fn how() -> impl Strategy<Value = How> {

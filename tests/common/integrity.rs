@@ -50,7 +50,12 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     if a == b {
         return None;
     }
-    Some(a.iter().zip(b.iter()).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len())))
+    Some(
+        a.iter()
+            .zip(b.iter())
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len())),
+    )
 }
 
 /// Builds the lower layers: returns (lowers top-first, names of lower-origin files).
@@ -71,7 +76,8 @@ fn build_lowers(base: &Path, owner: (u32, u32)) -> (Vec<PathBuf>, Vec<String>) {
     let mut names = Vec::new();
     for (i, (dir, name, len, mode, owned)) in files.iter().enumerate() {
         let p = dir.join(name);
-        sys::write_file(&p, &layers::pattern(100 + i as u32, *len), 0o600).expect("write lower file");
+        sys::write_file(&p, &layers::pattern(100 + i as u32, *len), 0o600)
+            .expect("write lower file");
         if *owned {
             sys::lchown(&p, owner.0, owner.1).expect("chown lower file");
         }
@@ -82,11 +88,13 @@ fn build_lowers(base: &Path, owner: (u32, u32)) -> (Vec<PathBuf>, Vec<String>) {
 }
 
 fn open_rw(root: &Path, rel: &str) -> Result<Fd, String> {
-    sys::open(&root.join(rel), libc::O_RDWR, 0).map_err(|e| format!("open {rel} O_RDWR: {}", errno_name(e)))
+    sys::open(&root.join(rel), libc::O_RDWR, 0)
+        .map_err(|e| format!("open {rel} O_RDWR: {}", errno_name(e)))
 }
 
 fn verify_whole(root: &Path, f: &File) -> Result<(), String> {
-    let got = sys::read_file(&root.join(&f.rel)).map_err(|e| format!("read {}: {}", f.rel, errno_name(e)))?;
+    let got = sys::read_file(&root.join(&f.rel))
+        .map_err(|e| format!("read {}: {}", f.rel, errno_name(e)))?;
     if let Some(at) = first_diff(&f.model, &got) {
         return Err(format!(
             "file {} differs at offset {at} (model {} bytes, file {} bytes)",
@@ -146,22 +154,45 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
     let mut rng = Rng::new(seed);
     let mut files = Vec::new();
     for name in &lower_names {
-        let model = sys::read_file(&root.join(name)).map_err(|e| format!("read lower-origin {name}: {}", errno_name(e)))?;
+        let model = sys::read_file(&root.join(name))
+            .map_err(|e| format!("read lower-origin {name}: {}", errno_name(e)))?;
         // The content seen through the mount must be the lower file's.
         let i = lower_names.iter().position(|n| n == name).unwrap_or(0);
-        let expect_len = [0usize, 100 * 1024, 1024 * 1024 + 123, 300 * 1024, 50 * 1024 + 7][i];
+        let expect_len = [
+            0usize,
+            100 * 1024,
+            1024 * 1024 + 123,
+            300 * 1024,
+            50 * 1024 + 7,
+        ][i];
         if model != layers::pattern(100 + i as u32, expect_len) {
-            return Err(format!("seed {seed}: lower-origin file {name} does not read back as in the lower layer"));
+            return Err(format!(
+                "seed {seed}: lower-origin file {name} does not read back as in the lower layer"
+            ));
         }
-        files.push(File { rel: name.clone(), model, fd: None, history: Vec::new() });
+        files.push(File {
+            rel: name.clone(),
+            model,
+            fd: None,
+            history: Vec::new(),
+        });
     }
     // Metadata-only copy-up first, then data.
     sys::chmod(&root.join("lo1"), 0o664).map_err(|e| format!("chmod lo1: {}", errno_name(e)))?;
     for i in 0..3 {
         let rel = format!("up{i}");
-        let fd = sys::open(&root.join(&rel), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o644)
-            .map_err(|e| format!("create {rel}: {}", errno_name(e)))?;
-        files.push(File { rel, model: Vec::new(), fd: Some(fd), history: Vec::new() });
+        let fd = sys::open(
+            &root.join(&rel),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            0o644,
+        )
+        .map_err(|e| format!("create {rel}: {}", errno_name(e)))?;
+        files.push(File {
+            rel,
+            model: Vec::new(),
+            fd: Some(fd),
+            history: Vec::new(),
+        });
     }
     let max_size = cfg.max_size;
     let max_io = cfg.max_io;
@@ -175,7 +206,10 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
         let roll = rng.below(100);
         let ctx = |f: &File, what: String| {
             let h: Vec<_> = f.history.iter().rev().take(8).rev().cloned().collect();
-            format!("seed {seed}, op {n}, file {}: {what}\n  recent ops on this file: {h:?}", f.rel)
+            format!(
+                "seed {seed}, op {n}, file {}: {what}\n  recent ops on this file: {h:?}",
+                f.rel
+            )
         };
         let fd = f.fd.as_ref().expect("open");
         if roll < 32 {
@@ -183,8 +217,10 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
             let off = rng.below((size + 64 * 1024).min(max_size));
             let len = rng.len_up_to(max_io).min(max_size - off);
             let data = fill(&mut rng, len as usize);
-            f.history.push(format!("op {n}: pwrite off {off} len {len}"));
-            let w = sys::pwrite_all(fd, &data, off).map_err(|e| ctx(f, format!("pwrite off {off} len {len}: {}", errno_name(e))))?;
+            f.history
+                .push(format!("op {n}: pwrite off {off} len {len}"));
+            let w = sys::pwrite_all(fd, &data, off)
+                .map_err(|e| ctx(f, format!("pwrite off {off} len {len}: {}", errno_name(e))))?;
             if w != data.len() {
                 return Err(ctx(f, format!("pwrite returned {w}, expected {len}")));
             }
@@ -198,7 +234,8 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
             let off = rng.below(size + 4096);
             let len = rng.len_up_to(max_io);
             f.history.push(format!("op {n}: pread off {off} len {len}"));
-            let got = sys::pread(fd, len as usize, off).map_err(|e| ctx(f, format!("pread off {off}: {}", errno_name(e))))?;
+            let got = sys::pread(fd, len as usize, off)
+                .map_err(|e| ctx(f, format!("pread off {off}: {}", errno_name(e))))?;
             let lo = (off as usize).min(f.model.len());
             let hi = ((off + len) as usize).min(f.model.len());
             let want = &f.model[lo..hi];
@@ -215,13 +252,25 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
             }
             let st = sys::fstat(fd).map_err(|e| ctx(f, format!("fstat: {}", errno_name(e))))?;
             if st.st_size as u64 != f.model.len() as u64 {
-                return Err(ctx(f, format!("MISMATCH size: fstat {} vs model {}", st.st_size, f.model.len())));
+                return Err(ctx(
+                    f,
+                    format!(
+                        "MISMATCH size: fstat {} vs model {}",
+                        st.st_size,
+                        f.model.len()
+                    ),
+                ));
             }
         } else if roll < 68 {
             // truncate grow or shrink
-            let new = if rng.chance(1, 2) { rng.below(size + 1) } else { size + rng.below((max_size - size).max(1)).min(512 * 1024) };
+            let new = if rng.chance(1, 2) {
+                rng.below(size + 1)
+            } else {
+                size + rng.below((max_size - size).max(1)).min(512 * 1024)
+            };
             f.history.push(format!("op {n}: ftruncate {size} -> {new}"));
-            sys::ftruncate(fd, new).map_err(|e| ctx(f, format!("ftruncate {new}: {}", errno_name(e))))?;
+            sys::ftruncate(fd, new)
+                .map_err(|e| ctx(f, format!("ftruncate {new}: {}", errno_name(e))))?;
             f.model.resize(new as usize, 0);
         } else if roll < 76 {
             // punch hole, keep size
@@ -231,8 +280,21 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
             let off = rng.below(size);
             let len = rng.len_up_to(max_io);
             f.history.push(format!("op {n}: punch off {off} len {len}"));
-            sys::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
-                .map_err(|e| ctx(f, format!("fallocate(PUNCH_HOLE|KEEP_SIZE) off {off} len {len}: {}", errno_name(e))))?;
+            sys::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+            .map_err(|e| {
+                ctx(
+                    f,
+                    format!(
+                        "fallocate(PUNCH_HOLE|KEEP_SIZE) off {off} len {len}: {}",
+                        errno_name(e)
+                    ),
+                )
+            })?;
             let hi = ((off + len) as usize).min(f.model.len());
             f.model[off as usize..hi].iter_mut().for_each(|b| *b = 0);
         } else if roll < 88 {
@@ -243,20 +305,40 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
             let pg = rng.below(size.div_ceil(PAGE));
             let off = pg * PAGE;
             let len = rng.len_up_to(max_io).min(size - off);
-            f.history.push(format!("op {n}: mmap write off {off} len {len}"));
+            f.history
+                .push(format!("op {n}: mmap write off {off} len {len}"));
             let data = fill(&mut rng, len as usize);
             let map = unsafe {
-                libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.0, off as libc::off_t)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.0,
+                    off as libc::off_t,
+                )
             };
             if map == libc::MAP_FAILED {
                 let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                return Err(ctx(f, format!("mmap(MAP_SHARED, RW) off {off} len {len}: {}", errno_name(e))));
+                return Err(ctx(
+                    f,
+                    format!(
+                        "mmap(MAP_SHARED, RW) off {off} len {len}: {}",
+                        errno_name(e)
+                    ),
+                ));
             }
             let slice = unsafe { std::slice::from_raw_parts_mut(map as *mut u8, len as usize) };
             let want = &f.model[off as usize..(off + len) as usize];
             if let Some(at) = first_diff(want, slice) {
                 unsafe { libc::munmap(map, len as usize) };
-                return Err(ctx(f, format!("MISMATCH in mmap view before writing: first difference at file offset {}", off + at as u64)));
+                return Err(ctx(
+                    f,
+                    format!(
+                        "MISMATCH in mmap view before writing: first difference at file offset {}",
+                        off + at as u64
+                    ),
+                ));
             }
             slice.copy_from_slice(&data);
             let r = unsafe { libc::msync(map, len as usize, libc::MS_SYNC) };
@@ -270,7 +352,8 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
             // close and reopen (close reports flush errors)
             f.history.push(format!("op {n}: close/reopen"));
             let fd = f.fd.take().expect("open");
-            fd.close().map_err(|e| ctx(f, format!("close: {}", errno_name(e))))?;
+            fd.close()
+                .map_err(|e| ctx(f, format!("close: {}", errno_name(e))))?;
             f.fd = Some(open_rw(root, &f.rel).map_err(|m| ctx(f, m))?);
         } else if roll < 96 {
             f.history.push(format!("op {n}: fsync"));
@@ -285,7 +368,8 @@ fn exercise(root: &Path, lower_names: Vec<String>, cfg: &Config) -> Result<Vec<F
     }
     for f in &mut files {
         if let Some(fd) = f.fd.take() {
-            fd.close().map_err(|e| format!("seed {seed}: close {}: {}", f.rel, errno_name(e)))?;
+            fd.close()
+                .map_err(|e| format!("seed {seed}: close {}: {}", f.rel, errno_name(e)))?;
         }
     }
     for f in &files {

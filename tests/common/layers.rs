@@ -63,7 +63,11 @@ struct Builder {
 impl Builder {
     fn new(root: &Path, first_time: i64) -> Builder {
         std::fs::create_dir_all(root).expect("create layer dir");
-        let mut b = Builder { root: root.to_path_buf(), times: Vec::new(), next_time: first_time };
+        let mut b = Builder {
+            root: root.to_path_buf(),
+            times: Vec::new(),
+            next_time: first_time,
+        };
         b.stamp("");
         b
     }
@@ -81,47 +85,56 @@ impl Builder {
     }
     fn own(&self, rel: &str, mode: u32, uid: u32, gid: u32, is_link: bool) {
         let p = self.p(rel);
-        sys::lchown(&p, uid, gid).unwrap_or_else(|e| panic!("lchown {}: {}", p.display(), sys::errno_name(e)));
+        sys::lchown(&p, uid, gid)
+            .unwrap_or_else(|e| panic!("lchown {}: {}", p.display(), sys::errno_name(e)));
         if !is_link {
-            sys::chmod(&p, mode).unwrap_or_else(|e| panic!("chmod {}: {}", p.display(), sys::errno_name(e)));
+            sys::chmod(&p, mode)
+                .unwrap_or_else(|e| panic!("chmod {}: {}", p.display(), sys::errno_name(e)));
         }
     }
     fn dir(&mut self, rel: &str, mode: u32, uid: u32, gid: u32) {
         let p = self.p(rel);
         if !rel.is_empty() {
-            sys::mkdir(&p, 0o700).unwrap_or_else(|e| panic!("mkdir {}: {}", p.display(), sys::errno_name(e)));
+            sys::mkdir(&p, 0o700)
+                .unwrap_or_else(|e| panic!("mkdir {}: {}", p.display(), sys::errno_name(e)));
             self.stamp(rel);
         }
         self.own(rel, mode, uid, gid, false);
     }
     fn file(&mut self, rel: &str, data: &[u8], mode: u32, uid: u32, gid: u32) {
         let p = self.p(rel);
-        sys::write_file(&p, data, 0o600).unwrap_or_else(|e| panic!("write {}: {}", p.display(), sys::errno_name(e)));
+        sys::write_file(&p, data, 0o600)
+            .unwrap_or_else(|e| panic!("write {}: {}", p.display(), sys::errno_name(e)));
         self.own(rel, mode, uid, gid, false);
         self.stamp(rel);
     }
     fn symlink(&mut self, rel: &str, target: &str, uid: u32, gid: u32) {
         let p = self.p(rel);
-        sys::symlink(target, &p).unwrap_or_else(|e| panic!("symlink {}: {}", p.display(), sys::errno_name(e)));
+        sys::symlink(target, &p)
+            .unwrap_or_else(|e| panic!("symlink {}: {}", p.display(), sys::errno_name(e)));
         self.own(rel, 0, uid, gid, true);
         self.stamp(rel);
     }
     fn fifo(&mut self, rel: &str, mode: u32, uid: u32, gid: u32) {
         let p = self.p(rel);
-        sys::mknod(&p, libc::S_IFIFO | 0o600, 0).unwrap_or_else(|e| panic!("mkfifo {}: {}", p.display(), sys::errno_name(e)));
+        sys::mknod(&p, libc::S_IFIFO | 0o600, 0)
+            .unwrap_or_else(|e| panic!("mkfifo {}: {}", p.display(), sys::errno_name(e)));
         self.own(rel, mode, uid, gid, false);
         self.stamp(rel);
     }
     fn whiteout(&mut self, rel: &str) {
         let p = self.p(rel);
-        sys::mknod(&p, libc::S_IFCHR | 0o600, 0).unwrap_or_else(|e| panic!("whiteout {}: {}", p.display(), sys::errno_name(e)));
+        sys::mknod(&p, libc::S_IFCHR | 0o600, 0)
+            .unwrap_or_else(|e| panic!("whiteout {}: {}", p.display(), sys::errno_name(e)));
     }
     fn hardlink(&mut self, existing: &str, rel: &str) {
-        sys::link(&self.p(existing), &self.p(rel)).unwrap_or_else(|e| panic!("link {rel}: {}", sys::errno_name(e)));
+        sys::link(&self.p(existing), &self.p(rel))
+            .unwrap_or_else(|e| panic!("link {rel}: {}", sys::errno_name(e)));
     }
     fn xattr(&mut self, rel: &str, name: &str, value: &[u8]) {
         let p = self.p(rel);
-        sys::setxattr(&p, name, value, false).unwrap_or_else(|e| panic!("setxattr {}: {}", p.display(), sys::errno_name(e)));
+        sys::setxattr(&p, name, value, false)
+            .unwrap_or_else(|e| panic!("setxattr {}: {}", p.display(), sys::errno_name(e)));
     }
     fn finish(self) {
         for (p, t) in self.times.iter().rev() {
@@ -145,7 +158,13 @@ pub fn build_diff_lowers(base: &Path, flavor: Flavor) -> Fixture {
     let mut b = Builder::new(&bottom, 1_100_000_000);
     b.dir("", 0o755, 0, 0);
     b.file("a", b"L0:a\n", 0o644, 0, 0);
-    b.file("b", &pattern(1, 3000), if user { 0o666 } else { 0o644 }, 0, 0);
+    b.file(
+        "b",
+        &pattern(1, 3000),
+        if user { 0o666 } else { 0o644 },
+        0,
+        0,
+    );
     b.xattr("b", "user.k", b"b0");
     b.symlink("c", "b", 0, 0);
     b.file("x", &pattern(2, 100), 0o600, 0, 0);
@@ -179,7 +198,12 @@ pub fn build_diff_lowers(base: &Path, flavor: Flavor) -> Fixture {
     t.whiteout("d1/b");
     t.file("d1/x", &pattern(6, 4096), 0o644, 0, 0);
     t.symlink("d1/y", "s/a", 0, 0);
-    t.dir("d2", 0o750, if user { uu } else { 0 }, if user { ug } else { 0 });
+    t.dir(
+        "d2",
+        0o750,
+        if user { uu } else { 0 },
+        if user { ug } else { 0 },
+    );
     t.xattr("d2", "user.overlay.opaque", b"y");
     t.xattr("d2", "user.k", b"d2");
     t.file("d2/x", b"L1:d2/x\n", 0o644, if user { uu } else { 0 }, 0);

@@ -44,13 +44,18 @@ pub struct Engine {
 impl Engine {
     /// True when the binary is fuse-overlayfs (used only to label known peer differences).
     pub fn is_fuse_overlayfs(&self) -> bool {
-        self.path.file_name().map(|n| n == "fuse-overlayfs").unwrap_or(false)
+        self.path
+            .file_name()
+            .map(|n| n == "fuse-overlayfs")
+            .unwrap_or(false)
     }
 }
 
 /// True when `STACKO_E2E_ALLOW_MISSING=1`.
 pub fn allow_missing() -> bool {
-    std::env::var(ENV_ALLOW_MISSING).map(|v| v == "1").unwrap_or(false)
+    std::env::var(ENV_ALLOW_MISSING)
+        .map(|v| v == "1")
+        .unwrap_or(false)
 }
 
 /// Fails the test with `msg`, or, with `STACKO_E2E_ALLOW_MISSING=1`, prints it and returns
@@ -70,12 +75,16 @@ pub fn resolve_program(name_or_path: &str) -> Option<PathBuf> {
         return is_executable(&p).then(|| p.canonicalize().unwrap_or(p));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name_or_path)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name_or_path))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Where an unset `STACKO_OVERLAY` looks for the binary, in order.
@@ -106,14 +115,21 @@ pub fn find_engine() -> Result<Engine, String> {
     }
     let cands = default_engine_candidates();
     if let Some(p) = cands.iter().find(|p| is_executable(p)) {
-        return Ok(Engine { path: p.canonicalize().unwrap_or_else(|_| p.clone()) });
+        return Ok(Engine {
+            path: p.canonicalize().unwrap_or_else(|_| p.clone()),
+        });
     }
     if let Ok(v) = std::env::var(ENV_PEER) {
         if let Some(path) = resolve_program(&v) {
-            eprintln!("NOTE: no stacko-overlay found; testing the PEER engine {} ({ENV_PEER})", path.display());
+            eprintln!(
+                "NOTE: no stacko-overlay found; testing the PEER engine {} ({ENV_PEER})",
+                path.display()
+            );
             return Ok(Engine { path });
         }
-        return Err(format!("{ENV_PEER}={v:?} is not an executable file (nor a name on PATH)"));
+        return Err(format!(
+            "{ENV_PEER}={v:?} is not an executable file (nor a name on PATH)"
+        ));
     }
     Err(format!(
         "engine under test not found: set {ENV_ENGINE}=/path/to/stacko-overlay or build it; looked in {:?}",
@@ -130,7 +146,9 @@ pub fn is_root() -> bool {
 /// and an engine binary. `None` means "skip" (only with `STACKO_E2E_ALLOW_MISSING=1`).
 pub fn setup(test: &str) -> Option<Engine> {
     if !is_root() {
-        missing(&format!("{test}: these tests need root (kernel overlayfs is the oracle and is mounted by root)"));
+        missing(&format!(
+            "{test}: these tests need root (kernel overlayfs is the oracle and is mounted by root)"
+        ));
         return None;
     }
     match find_engine() {
@@ -147,8 +165,13 @@ pub fn setup(test: &str) -> Option<Engine> {
 
 /// A fresh temporary directory (mode 0755 so that a dropped-privilege user can traverse it).
 pub fn tempdir(prefix: &str) -> tempfile::TempDir {
-    let base = std::env::var_os(ENV_TMP).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let d = tempfile::Builder::new().prefix(prefix).tempdir_in(&base).expect("create temp dir");
+    let base = std::env::var_os(ENV_TMP)
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .expect("create temp dir");
     sys::chmod(d.path(), 0o755).expect("chmod temp dir");
     d
 }
@@ -156,7 +179,10 @@ pub fn tempdir(prefix: &str) -> tempfile::TempDir {
 /// Reads a `u64` from env `name`, or `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
 }
@@ -164,9 +190,14 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 /// A seed from env `name`, else from the clock; printed so that a failing run can be replayed.
 pub fn seed_from_env(name: &str) -> u64 {
     let seed = match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
         }
     };
@@ -220,7 +251,11 @@ impl Rng {
     pub fn len_up_to(&mut self, max: u64) -> u64 {
         let bits = 64 - max.leading_zeros() as u64;
         let b = self.below(bits + 1);
-        let cap = if b >= 63 { max } else { ((1u64 << b).min(max)).max(1) };
+        let cap = if b >= 63 {
+            max
+        } else {
+            ((1u64 << b).min(max)).max(1)
+        };
         1 + self.below(cap)
     }
     /// True with probability `num/den`.

@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 const LIVENESS: Duration = Duration::from_secs(30);
 
 fn lowerdir_opt(lowers: &[PathBuf]) -> String {
-    lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+    lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A kernel overlayfs mount (`-o userxattr`), unmounted on drop.
@@ -24,16 +28,29 @@ pub struct KernelOverlay {
 
 impl KernelOverlay {
     /// Mounts `lowers` (top first) + `upper`/`work` on `mnt`.
-    pub fn mount(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Result<KernelOverlay, String> {
+    pub fn mount(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+    ) -> Result<KernelOverlay, String> {
         let data = format!(
             "lowerdir={},upperdir={},workdir={},userxattr",
             lowerdir_opt(lowers),
             upper.display(),
             work.display()
         );
-        sys::mount_overlay(mnt, &data)
-            .map_err(|e| format!("mount -t overlay -o {data} {}: {}", mnt.display(), sys::errno_name(e)))?;
-        Ok(KernelOverlay { mnt: mnt.to_path_buf(), mounted: true })
+        sys::mount_overlay(mnt, &data).map_err(|e| {
+            format!(
+                "mount -t overlay -o {data} {}: {}",
+                mnt.display(),
+                sys::errno_name(e)
+            )
+        })?;
+        Ok(KernelOverlay {
+            mnt: mnt.to_path_buf(),
+            mounted: true,
+        })
     }
 
     /// The mount point.
@@ -103,7 +120,11 @@ impl EngineMount {
     pub fn mount(engine: &Engine, opts: &EngineOpts) -> Result<EngineMount, String> {
         let mut o = format!("lowerdir={}", lowerdir_opt(&opts.lowers));
         if let Some((u, w)) = &opts.upper_work {
-            o.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+            o.push_str(&format!(
+                ",upperdir={},workdir={}",
+                u.display(),
+                w.display()
+            ));
         }
         if let Ok(extra) = std::env::var(super::ENV_EXTRA_OPTS) {
             if !extra.is_empty() {
@@ -133,7 +154,11 @@ impl EngineMount {
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         let cmdline = format!("{cmd:?}");
         let child = cmd.spawn().map_err(|e| format!("spawn {cmdline}: {e}"))?;
-        let mut me = EngineMount { opts: opts.clone(), child: Some(child), mounted: false };
+        let mut me = EngineMount {
+            opts: opts.clone(),
+            child: Some(child),
+            mounted: false,
+        };
         let start = Instant::now();
         loop {
             if sys::is_mountpoint(&opts.mnt) {
@@ -142,10 +167,16 @@ impl EngineMount {
             }
             if let Some(st) = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 me.child = None;
-                return Err(format!("engine exited ({st}) before mounting: {cmdline}\n--- engine log ---\n{}", me.log()));
+                return Err(format!(
+                    "engine exited ({st}) before mounting: {cmdline}\n--- engine log ---\n{}",
+                    me.log()
+                ));
             }
             if start.elapsed() > LIVENESS {
-                return Err(format!("engine did not mount within {LIVENESS:?}: {cmdline}\n--- log ---\n{}", me.log()));
+                return Err(format!(
+                    "engine did not mount within {LIVENESS:?}: {cmdline}\n--- log ---\n{}",
+                    me.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -198,11 +229,15 @@ impl EngineMount {
                         }
                         break;
                     }
-                    Ok(None) if start.elapsed() < LIVENESS => std::thread::sleep(Duration::from_millis(5)),
+                    Ok(None) if start.elapsed() < LIVENESS => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     _ => {
                         let _ = c.kill();
                         let _ = c.wait();
-                        errs.push(format!("engine did not exit within {LIVENESS:?} after unmount; killed"));
+                        errs.push(format!(
+                            "engine did not exit within {LIVENESS:?} after unmount; killed"
+                        ));
                         break;
                     }
                 }
@@ -211,7 +246,11 @@ impl EngineMount {
         if errs.is_empty() {
             Ok(())
         } else {
-            Err(format!("{}\n--- engine log ---\n{}", errs.join("; "), self.log()))
+            Err(format!(
+                "{}\n--- engine log ---\n{}",
+                errs.join("; "),
+                self.log()
+            ))
         }
     }
 
@@ -231,7 +270,10 @@ impl EngineMount {
                 Ok(o) if o.status.success() => return Ok(()),
                 Ok(o) => {
                     let _ = unmount_path(&self.opts.mnt);
-                    return Err(format!("fusermount3 -u failed: {}", String::from_utf8_lossy(&o.stderr)));
+                    return Err(format!(
+                        "fusermount3 -u failed: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    ));
                 }
                 Err(e) => {
                     let _ = unmount_path(&self.opts.mnt);

@@ -46,7 +46,9 @@ pub fn errno_name(e: Errno) -> String {
 }
 
 fn errno() -> Errno {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Path to a C string (paths with NUL never occur in the tests).
@@ -139,7 +141,12 @@ pub fn pread(fd: &Fd, len: usize, off: u64) -> SysResult<Vec<u8>> {
     let mut got = 0;
     while got < len {
         let n = unsafe {
-            libc::pread(fd.0, buf[got..].as_mut_ptr().cast(), len - got, (off + got as u64) as libc::off_t)
+            libc::pread(
+                fd.0,
+                buf[got..].as_mut_ptr().cast(),
+                len - got,
+                (off + got as u64) as libc::off_t,
+            )
         };
         if n < 0 {
             return Err(errno());
@@ -241,7 +248,15 @@ pub fn unlink(p: &Path) -> SysResult<()> {
 pub fn rename2(from: &Path, to: &Path, flags: u32) -> SysResult<()> {
     let a = cpath(from);
     let b = cpath(to);
-    check(unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) })
+    check(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    })
 }
 
 /// link(2) (does not follow a symlink source).
@@ -286,8 +301,14 @@ pub fn lchown(p: &Path, uid: u32, gid: u32) -> SysResult<()> {
 pub fn utimens(p: &Path, atime: (i64, i64), mtime: (i64, i64), follow: bool) -> SysResult<()> {
     let c = cpath(p);
     let ts = [
-        libc::timespec { tv_sec: atime.0 as libc::time_t, tv_nsec: atime.1 as _ },
-        libc::timespec { tv_sec: mtime.0 as libc::time_t, tv_nsec: mtime.1 as _ },
+        libc::timespec {
+            tv_sec: atime.0 as libc::time_t,
+            tv_nsec: atime.1 as _,
+        },
+        libc::timespec {
+            tv_sec: mtime.0 as libc::time_t,
+            tv_nsec: mtime.1 as _,
+        },
     ];
     let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
     check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), flags) })
@@ -311,9 +332,21 @@ pub fn setxattr(p: &Path, name: &str, value: &[u8], follow: bool) -> SysResult<(
     let n = cstr(name);
     check(unsafe {
         if follow {
-            libc::setxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            libc::setxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
         } else {
-            libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            libc::lsetxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
         }
     })
 }
@@ -404,7 +437,10 @@ pub fn is_mountpoint(p: &Path) -> bool {
     let want = p.as_os_str().as_bytes();
     let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
     info.split(|b| *b == b'\n').any(|line| {
-        line.split(|b| *b == b' ').nth(4).map(|mp| unescape_mountinfo(mp) == want).unwrap_or(false)
+        line.split(|b| *b == b' ')
+            .nth(4)
+            .map(|mp| unescape_mountinfo(mp) == want)
+            .unwrap_or(false)
     })
 }
 
@@ -427,7 +463,10 @@ fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if s[i] == b'\\'
+            && i + 3 < s.len()
+            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
             out.push(v);
             i += 4;

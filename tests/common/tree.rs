@@ -63,7 +63,11 @@ pub fn snapshot(root: &Path) -> Tree {
 }
 
 fn walk(root: &Path, rel: &str, out: &mut Tree) {
-    let p = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+    let p = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
     let st = match sys::lstat(&p) {
         Ok(st) => st,
         Err(e) => {
@@ -159,7 +163,11 @@ fn content_diff(k: &SysResult<Vec<u8>>, e: &SysResult<Vec<u8>>) -> Option<String
     match (k, e) {
         (Ok(a), Ok(b)) if a == b => None,
         (Ok(a), Ok(b)) => {
-            let first = a.iter().zip(b.iter()).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+            let first = a
+                .iter()
+                .zip(b.iter())
+                .position(|(x, y)| x != y)
+                .unwrap_or(a.len().min(b.len()));
             Some(format!(
                 "content differs: kernel {} vs engine {} (lengths {} / {}, first difference at byte {first})",
                 show_bytes(a),
@@ -169,7 +177,11 @@ fn content_diff(k: &SysResult<Vec<u8>>, e: &SysResult<Vec<u8>>) -> Option<String
             ))
         }
         (a, b) if a == b => None,
-        (a, b) => Some(format!("content read: kernel {} vs engine {}", show_res_bytes(a), show_res_bytes(b))),
+        (a, b) => Some(format!(
+            "content read: kernel {} vs engine {}",
+            show_res_bytes(a),
+            show_res_bytes(b)
+        )),
     }
 }
 
@@ -181,8 +193,13 @@ fn show_res_bytes(r: &SysResult<Vec<u8>>) -> String {
 }
 
 /// Xattr name prefixes that belong to overlay implementations and must never be shown to users.
-pub const INTERNAL_XATTR_PREFIXES: &[&str] =
-    &["user.overlay.", "trusted.overlay.", "user.fuseoverlayfs.", "user.containers.", "user.stacko."];
+pub const INTERNAL_XATTR_PREFIXES: &[&str] = &[
+    "user.overlay.",
+    "trusted.overlay.",
+    "user.fuseoverlayfs.",
+    "user.containers.",
+    "user.stacko.",
+];
 
 /// Decides, for a link-count difference on a non-directory, whether it is an allowed
 /// improvement (see `diff::allowed_difference`). Arguments: path, kernel nlink, engine nlink.
@@ -201,12 +218,18 @@ pub fn compare(kernel: &Tree, engine: &Tree, nlink_ok: NlinkJudge) -> Vec<String
             }
         }
         if !kernel.contains_key(path) {
-            d.push(format!("/{path}: only in engine (kind {}, perm {:o})", e.kind, e.perm));
+            d.push(format!(
+                "/{path}: only in engine (kind {}, perm {:o})",
+                e.kind, e.perm
+            ));
         }
     }
     for (path, k) in kernel {
         let Some(e) = engine.get(path) else {
-            d.push(format!("/{path}: only in kernel (kind {}, perm {:o})", k.kind, k.perm));
+            d.push(format!(
+                "/{path}: only in kernel (kind {}, perm {:o})",
+                k.kind, k.perm
+            ));
             continue;
         };
         let mut f = |what: String| d.push(format!("/{path}: {what}"));
@@ -218,7 +241,10 @@ pub fn compare(kernel: &Tree, engine: &Tree, nlink_ok: NlinkJudge) -> Vec<String
             f(format!("mode: kernel {:o} vs engine {:o}", k.perm, e.perm));
         }
         if (k.uid, k.gid) != (e.uid, e.gid) {
-            f(format!("owner: kernel {}:{} vs engine {}:{}", k.uid, k.gid, e.uid, e.gid));
+            f(format!(
+                "owner: kernel {}:{} vs engine {}:{}",
+                k.uid, k.gid, e.uid, e.gid
+            ));
         }
         if k.kind != 'd' && k.size != e.size {
             f(format!("size: kernel {} vs engine {}", k.size, e.size));
@@ -235,16 +261,23 @@ pub fn compare(kernel: &Tree, engine: &Tree, nlink_ok: NlinkJudge) -> Vec<String
                 Some(Ok(c)) => c.iter().filter(|(_, t)| *t == libc::DT_DIR).count() as u64,
                 _ => 0,
             };
-            let ok = e.nlink == 1 || (e.nlink == 2 + subdirs && (k.nlink == 1 || k.nlink == e.nlink));
+            let ok =
+                e.nlink == 1 || (e.nlink == 2 + subdirs && (k.nlink == 1 || k.nlink == e.nlink));
             if !ok {
-                f(format!("dir nlink: kernel {} vs engine {} ({} subdirs)", k.nlink, e.nlink, subdirs));
+                f(format!(
+                    "dir nlink: kernel {} vs engine {} ({} subdirs)",
+                    k.nlink, e.nlink, subdirs
+                ));
             }
         }
         if (k.kind == 'c' || k.kind == 'b') && k.rdev != e.rdev {
             f(format!("rdev: kernel {:x} vs engine {:x}", k.rdev, e.rdev));
         }
-        if (explicit(k.mtime) || explicit(e.mtime)) && k.mtime != e.mtime && !(k.kind == 'd' && std::env::var("TMP_IGNORE_DIR_MTIME").is_ok()) {
-            f(format!("mtime: kernel {:?} vs engine {:?} (explicitly set times must be kept)", k.mtime, e.mtime));
+        if (explicit(k.mtime) || explicit(e.mtime)) && k.mtime != e.mtime {
+            f(format!(
+                "mtime: kernel {:?} vs engine {:?} (explicitly set times must be kept)",
+                k.mtime, e.mtime
+            ));
         }
         if let (Some(kc), Some(ec)) = (&k.content, &e.content) {
             if let Some(m) = content_diff(kc, ec) {
@@ -259,15 +292,28 @@ pub fn compare(kernel: &Tree, engine: &Tree, nlink_ok: NlinkJudge) -> Vec<String
             ));
         }
         if k.xattrs != e.xattrs {
-            f(format!("xattrs: kernel {} vs engine {}", show_res(&k.xattrs), show_res(&e.xattrs)));
+            f(format!(
+                "xattrs: kernel {} vs engine {}",
+                show_res(&k.xattrs),
+                show_res(&e.xattrs)
+            ));
         }
         if k.children != e.children {
             let show = |c: &Option<SysResult<Vec<(String, u8)>>>| match c {
-                Some(Ok(v)) => format!("{:?}", v.iter().map(|(n, t)| format!("{n}:{t}")).collect::<Vec<_>>()),
+                Some(Ok(v)) => format!(
+                    "{:?}",
+                    v.iter()
+                        .map(|(n, t)| format!("{n}:{t}"))
+                        .collect::<Vec<_>>()
+                ),
                 Some(Err(e)) => errno_name(*e),
                 None => "-".into(),
             };
-            f(format!("readdir: kernel {} vs engine {}", show(&k.children), show(&e.children)));
+            f(format!(
+                "readdir: kernel {} vs engine {}",
+                show(&k.children),
+                show(&e.children)
+            ));
         }
     }
     d
