@@ -371,7 +371,10 @@ for ((r = 1; r <= RUNS; r++)); do
     fi
 done
 unmount_all
-if [ "$SI_OK" = 1 ]; then "$STACKO" --home "$SIH" daemon-stop >/dev/null 2>&1 || true; fi
+if [ "$SI_OK" = 1 ]; then
+    "$STACKO" --home "$SIH" daemon-stop >/dev/null 2>&1 || true
+    for ((i = 0; i < 100; i++)); do [ -z "$(daemon_pid)" ] && break; sleep 0.05; done
+fi
 [ "${KEEP:-0}" = 1 ] || rm -rf "$RUN/upper" "$RUN/work" "$SIH"   # KEEP=1 keeps the store and upper
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 t_total=$(calc "$EPOCHREALTIME - $t_start" 0)

@@ -88,6 +88,7 @@ impl Service {
             layers: chain.iter().map(|r| r.layer).collect(),
             upper: dir.join("upper"),
             work: dir.join("work"),
+            fuse_features: false,
         })
     }
 

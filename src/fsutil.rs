@@ -54,6 +54,13 @@ pub fn make_dir(path: &Path, mode: u32) -> Result<()> {
     }
 }
 
+/// Makes the entries of directory `path` durable (fsync of the directory).
+pub fn sync_dir(path: &Path) -> Result<()> {
+    fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("cannot sync {}", path.display()), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

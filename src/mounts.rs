@@ -8,8 +8,15 @@
 //!   [`FuseMounts`] and does not exit while any is mounted.
 //!
 //! Both read and write the same upper-directory format, so one instance can
-//! be mounted by either engine. The FUSE filesystem runs without metacopy,
-//! redirect_dir and index, which kernel overlayfs refuses with `userxattr`.
+//! be mounted by either engine. Stackpoint instances get the FUSE
+//! filesystem's improvements over kernel overlayfs (metadata-only copy-up,
+//! real renames of lower directories, hard links kept whole), which write
+//! xattrs kernel overlayfs with `userxattr` does not follow. A FUSE mount
+//! of such an upper leaves the marker file [`KERNEL_PREP_MARKER`] in its work
+//! directory; the next kernel mount first rewrites the upper with
+//! [`stacko_fusefs::upper::prepare_for_kernel`] and then removes the marker,
+//! so the conversion is paid only when an instance changes engine. Image
+//! edits run without those features: `close-image` reads the upper directly.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -46,6 +53,57 @@ pub struct MountSpec {
     pub upper: PathBuf,
     /// The work directory (same filesystem as `upper`).
     pub work: PathBuf,
+    /// Whether the FUSE engine may use its features beyond kernel overlayfs
+    /// (metacopy, redirect_dir, index) in this upper.
+    pub fuse_features: bool,
+}
+
+/// Marker file in a work directory: a FUSE mount with features may have
+/// left xattrs kernel overlayfs does not follow; prepare before a kernel mount.
+pub const KERNEL_PREP_MARKER: &str = "stacko-prepare-for-kernel";
+
+/// The store's layers as lower layers of the FUSE filesystem, top first.
+fn store_lowers(store: &Arc<Store>, layers: &[LayerId]) -> Vec<Arc<dyn Lower>> {
+    layers
+        .iter()
+        .map(|&l| Arc::new(StoreLower::new(Arc::clone(store), l)) as Arc<dyn Lower>)
+        .collect()
+}
+
+/// Readies `dir` for a new mount: nothing to do when nothing is mounted
+/// there, a dead FUSE mount (its server was killed) is cleaned up, and a
+/// live mount is refused with the error `refusal` makes.
+pub(crate) fn clear_mount_dir(dir: &Path, refusal: impl FnOnce() -> Error) -> Result<()> {
+    match backend::mount_state(dir)? {
+        MountState::NotMounted => Ok(()),
+        MountState::DeadFuse(_) => {
+            backend::unmount(dir, true)?;
+            Ok(())
+        }
+        MountState::Mounted(_) => Err(refusal()),
+    }
+}
+
+/// Makes the upper of `spec` readable by kernel overlayfs if a FUSE mount
+/// with features used it since the last kernel mount.
+pub(crate) fn prepare_upper_for_kernel(store: &Arc<Store>, spec: &MountSpec) -> Result<()> {
+    let marker = spec.work.join(KERNEL_PREP_MARKER);
+    if !marker.exists() {
+        return Ok(());
+    }
+    let lowers = store_lowers(store, &spec.layers);
+    stacko_fusefs::upper::prepare_for_kernel(&lowers, &spec.upper, &spec.work).map_err(|e| {
+        Error::io(
+            format!(
+                "cannot prepare the upper of {} for kernel overlayfs",
+                spec.label
+            ),
+            e.into(),
+        )
+    })?;
+    std::fs::remove_file(&marker)
+        .map_err(|e| Error::io(format!("removing {}", marker.display()), e))?;
+    crate::fsutil::sync_dir(&spec.work)
 }
 
 /// How `dir` is mounted now: `None` when not mounted or a dead FUSE mount.
@@ -74,22 +132,17 @@ impl Service {
     /// Mounts `spec` with `engine`. A dead FUSE mount left at the directory
     /// (its server was killed) is cleaned up first; a live mount is refused.
     pub(crate) fn mount_spec(&self, spec: &MountSpec, engine: Backend) -> Result<()> {
-        match backend::mount_state(&spec.dir)? {
-            MountState::NotMounted => {}
-            MountState::DeadFuse(_) => {
-                backend::unmount(&spec.dir, true)?;
-            }
-            MountState::Mounted(_) => {
-                return Err(Error::Refused(format!(
-                    "{} is already mounted at {}",
-                    spec.label,
-                    spec.dir.display()
-                )))
-            }
-        }
+        clear_mount_dir(&spec.dir, || {
+            Error::Refused(format!(
+                "{} is already mounted at {}",
+                spec.label,
+                spec.dir.display()
+            ))
+        })?;
         crate::fsutil::make_dir(&spec.dir, 0o755)?;
         match engine {
             Backend::Kernel => {
+                prepare_upper_for_kernel(&self.shared_store(), spec)?;
                 let lowers = checkouts::ensure_all(self, &spec.layers)?;
                 let mut overlay = backend::Overlay::new(lowers).with_upper(&spec.upper, &spec.work);
                 overlay.source = "stacko".into();
@@ -171,16 +224,19 @@ impl FuseMounts {
         };
         stacko_fusefs::sys::raise_nofile_limit();
         open_up_work(&spec.work);
-        let lowers: Vec<Arc<dyn Lower>> = spec
-            .layers
-            .iter()
-            .map(|&l| Arc::new(StoreLower::new(Arc::clone(&store), l)) as Arc<dyn Lower>)
-            .collect();
+        let lowers = store_lowers(&store, &spec.layers);
         let upper = Upper::open(&spec.upper, &spec.work).map_err(|e| fail(&e))?;
         let mut cfg = MountConfig::default();
-        cfg.fs.metacopy = false;
-        cfg.fs.redirect_dir = false;
-        cfg.fs.index = false;
+        if spec.fuse_features {
+            let marker = spec.work.join(KERNEL_PREP_MARKER);
+            std::fs::write(&marker, b"")
+                .map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+            crate::fsutil::sync_dir(&spec.work)?;
+        } else {
+            cfg.fs.metacopy = false;
+            cfg.fs.redirect_dir = false;
+            cfg.fs.index = false;
+        }
         cfg.fsname = Some(format!("stacko:{}", spec.label.replace([' ', ','], ":")));
         let plan = fuse::plan(&cfg);
         cfg.fs.writeback = plan.writeback;

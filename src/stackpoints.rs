@@ -15,7 +15,9 @@ use stacko_store::{validate_name, Error as StoreError};
 use crate::api::{Backend, InstanceInfo, NewStackpoint, RunPlan, StackpointInfo};
 use crate::backend::{self, MountState};
 use crate::error::{Error, Result};
-use crate::mounts::{mounted_as, pick_backend, MountSpec};
+use crate::mounts::{
+    clear_mount_dir, mounted_as, pick_backend, prepare_upper_for_kernel, MountSpec,
+};
 use crate::service::Service;
 use crate::{checkouts, edit, instances, mountdir};
 
@@ -112,6 +114,7 @@ impl Service {
             layers: chain.iter().map(|r| r.layer).collect(),
             upper,
             work,
+            fuse_features: true,
         })
     }
 
@@ -416,19 +419,14 @@ impl Service {
         let rec = self.existing_stackpoint(name)?;
         let inst = self.own_instance(&rec, rec.current)?;
         let spec = self.instance_spec(&rec, &inst)?;
-        match backend::mount_state(&spec.dir)? {
-            MountState::NotMounted => {}
-            MountState::DeadFuse(_) => {
-                backend::unmount(&spec.dir, true)?;
-            }
-            MountState::Mounted(_) => {
-                return Err(Error::Refused(format!(
-                    "stackpoint {name} is mounted at {}: run the command there directly",
-                    spec.dir.display()
-                )))
-            }
-        }
+        clear_mount_dir(&spec.dir, || {
+            Error::Refused(format!(
+                "stackpoint {name} is mounted at {}: run the command there directly",
+                spec.dir.display()
+            ))
+        })?;
         crate::fsutil::make_dir(&spec.dir, 0o755)?;
+        prepare_upper_for_kernel(&self.shared_store(), &spec)?;
         let lowers: Vec<PathBuf> = checkouts::ensure_all(self, &spec.layers)?;
         Ok(RunPlan {
             name: rec.name.clone(),

@@ -480,6 +480,9 @@ fn example_as_root_with_fuse() {
     env.ok(&["mount-stackpoint", "sp"]);
     let sp = env.ok(&["get-stackpoint-dir", "sp"]);
     assert!(fs_type(Path::new(&sp)).is_some_and(|t| t.starts_with("fuse")));
+    // What only the FUSE engine can do: a metadata-only chmod of a lower
+    // file, a real rename of a lower directory.
+    env.sh(&format!("chmod 600 {sp}/bin/tool; mv {sp}/etc {sp}/etc2"));
     // The same instance, mounted by the other engine, shows the same data.
     env.ok(&["umount-stackpoint", "sp"]);
     env.ok(&["mount-stackpoint", "sp", "--backend", "kernel"]);
@@ -487,6 +490,12 @@ fn example_as_root_with_fuse() {
     assert_eq!(
         env.sh(&format!("cat {sp}/written {sp}/app/version")),
         "mine\nv1\n"
+    );
+    assert_eq!(
+        env.sh(&format!(
+            "ls {sp}; stat -c %a {sp}/bin/tool; cat {sp}/bin/tool {sp}/etc2/config {sp}/etc2/link"
+        )),
+        "app\nbin\netc2\nwritten\n600\ntool\nchanged\nchanged\n"
     );
     env.ok(&["delete-stackpoint", "sp"]);
 }

@@ -81,6 +81,22 @@ fn copy_buffered(src: &dyn LowerFile, out: RawFd, from: u64, to: u64) -> Result<
     Ok(())
 }
 
+/// Access and modification times of the file open as `fd`, to be put back with
+/// [`restore_times`] after stacko changed the file for its own bookkeeping (a copy-up adds
+/// an entry to the upper parent directory; the merged directory did not change, and kernel
+/// overlayfs restores the parent's times the same way).
+pub(crate) fn saved_times(fd: RawFd) -> Option<(SetTime, SetTime)> {
+    let st = sys::fstat(fd).ok()?;
+    Some((SetTime::At(st.st_atime, st.st_atime_nsec), SetTime::At(st.st_mtime, st.st_mtime_nsec)))
+}
+
+/// Puts back times saved by [`saved_times`] (best effort, as in kernel overlayfs).
+pub(crate) fn restore_times(fd: RawFd, times: Option<(SetTime, SetTime)>) {
+    if let Some((a, m)) = times {
+        let _ = sys::utimensat(fd, OsStr::new(""), a, m);
+    }
+}
+
 impl OverlayFs {
     /// Makes sure directory `dir` (and its ancestors) exist in the upper; returns its fd.
     pub(crate) fn copy_up_dir_chain(&self, dir: &Arc<Node>) -> Result<Arc<OwnedFd>> {
@@ -134,6 +150,7 @@ impl OverlayFs {
         }
         let (layer, lino) = origin.ok_or(Errno::EIO)?;
         let pdir = self.copy_up_dir_chain(&self.node(parent)?)?;
+        let ptimes = saved_times(pdir.as_raw_fd());
         let lower = &self.lowers[layer];
         let la = lower.getattr(lino)?;
         let work = u.work_fd();
@@ -239,6 +256,7 @@ impl OverlayFs {
             }
             Ok(())
         })();
+        restore_times(pdir.as_raw_fd(), ptimes);
         if let Err(e) = built {
             let _ = upper::remove_tree(work, &tmp);
             return Err(e);
@@ -254,11 +272,14 @@ impl OverlayFs {
         let (_h, fd, name) = self.upper_loc(node)?;
         let out = sys::openat(fd, &name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
         let size = sys::fstat(out.as_raw_fd())?.st_size as u64;
+        // bringing the data up is no change of the merged file: keep its times
+        let times = saved_times(out.as_raw_fd());
         let lower = &self.lowers[origin.0];
         let la = lower.getattr(origin.1)?;
         let src = lower.open(origin.1)?;
         copy_data(src.as_ref(), out.as_raw_fd(), la.size.min(size))?;
         sys::ftruncate(out.as_raw_fd(), size)?;
+        restore_times(out.as_raw_fd(), times);
         sys::fsync(out.as_raw_fd(), true)?;
         self.clear_metacopy_mark(fd, &name)?;
         let mut s = node.st_mut();

@@ -1148,7 +1148,11 @@ impl OverlayFs {
         }
         if node.st().indexed {
             let u = self.writable()?;
-            return sys::linkat(u.index_fd(), &Upper::index_name(node.ino), dirfd.as_raw_fd(), name);
+            // a copy-up of this name: the merged parent does not change
+            let times = crate::copyup::saved_times(dirfd.as_raw_fd());
+            let r = sys::linkat(u.index_fd(), &Upper::index_name(node.ino), dirfd.as_raw_fd(), name);
+            crate::copyup::restore_times(dirfd.as_raw_fd(), times);
+            return r;
         }
         {
             let mut s = node.st_mut();

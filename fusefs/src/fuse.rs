@@ -235,6 +235,7 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.tick(0);
+        if std::env::var_os("STACKO_DBG").is_some() { eprintln!("lookup {} {:?}", parent.0, name); }
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
             Err(e) if e == Errno::ENOENT => {
@@ -267,6 +268,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.tick(2);
+        if std::env::var_os("STACKO_DBG").is_some() { eprintln!("getattr {} fh{:?}", ino.0, _fh.is_some()); }
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -292,6 +294,7 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         self.tick(3);
+        if std::env::var_os("STACKO_DBG").is_some() { eprintln!("setattr {} m{:?} u{:?} g{:?} s{:?} a{:?} mt{:?} fh{:?}", ino.0, mode, uid, gid, size, atime.is_some(), mtime.is_some(), fh.is_some()); }
         let sa = SetAttr {
             mode: mode.map(|m| m & 0o7777),
             uid,
@@ -561,6 +564,7 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.tick(25);
+        if std::env::var_os("STACKO_DBG").is_some() { eprintln!("getxattr {} {:?}", ino.0, name); }
         match self.fs.getxattr(ino.0, name) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
