@@ -4,7 +4,8 @@
 # each repetition; each measurement is on a fresh mount + upper with caches
 # dropped. Prints per-run times and medians with the stacko/kernel ratio.
 #   bash bench/fs-quick.sh [workload...]   (find stat small untar rm chmod)
-# Env: RUNS (5), SOVL (stacko-overlay binary), DATA (data dir), STATS=1 writes
+# Env: RUNS (5), SOVL (stacko-overlay binary), BASE_SOVL (optional second binary,
+# e.g. the build before a change, run as engine "base"), DATA (data dir), STATS=1 writes
 # a request count per stacko run to $RUN/stats-<workload>.
 # Not a test: timings only.
 set -euo pipefail
@@ -26,7 +27,8 @@ up() { # engine workload
     if [ "$1" = kernel ]; then mount -t overlay overlay -o "$o,userxattr" "$M"
     else
         local env=(); [ "${STATS:-0}" = 1 ] && env=(STACKO_OVERLAY_STATS="$RUN/stats-$2")
-        env "${env[@]}" "$SOVL" -f -o "$o" "$M" 2>"$RUN/log" & PID=$!
+        local bin=$SOVL; [ "$1" = base ] && bin=$BASE_SOVL
+        env "${env[@]}" "$bin" -f -o "$o" "$M" 2>"$RUN/log" & PID=$!
         for _ in $(seq 200); do awk -v m="$M" '$2==m{f=1}END{exit !f}' /proc/mounts && break; sleep 0.05; done
     fi
     sync; echo 3 > /proc/sys/vm/drop_caches
@@ -45,7 +47,7 @@ w_chmod() { chmod -R g+w "$M/sub"; }
 declare -A T
 for w in $WL; do
     for r in $(seq "$RUNS"); do
-        for e in kernel stacko; do
+        for e in kernel stacko ${BASE_SOVL:+base}; do
             up "$e" "$w"
             s=$EPOCHREALTIME; "w_$w"; t=$(awk "BEGIN{printf \"%.3f\", $EPOCHREALTIME - $s}")
             down
@@ -56,4 +58,8 @@ for w in $WL; do
     ms=$(tr ' ' '\n' <<<"${T[$w|stacko]}" | grep . | sort -g | awk '{a[NR]=$1}END{print a[int((NR+1)/2)]}')
     printf '%-6s kernel %s | stacko %s | median %s / %s = %sx\n' "$w" "${T[$w|kernel]}" "${T[$w|stacko]}" "$ms" "$mk" \
         "$(awk "BEGIN{printf \"%.2f\", $ms / $mk}")"
+    if [ -n "${BASE_SOVL:-}" ]; then
+        mb=$(tr ' ' '\n' <<<"${T[$w|base]}" | grep . | sort -g | awk '{a[NR]=$1}END{print a[int((NR+1)/2)]}')
+        printf '%-6s base   %s | median %s / %s = %sx\n' "$w" "${T[$w|base]}" "$mb" "$mk" "$(awk "BEGIN{printf \"%.2f\", $mb / $mk}")"
+    fi
 done

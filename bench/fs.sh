@@ -15,7 +15,7 @@
 # Not a test: it prints a table and appends it to bench/RESULTS.md
 # (unless NO_RESULTS=1).
 #
-#   bash bench/fs.sh                       # full: 100,000 files, 2 GiB, 3 runs (~20 min)
+#   bash bench/fs.sh                       # full: 100,000 files, 2 GiB, 3 runs (estimated 20-25 min; not yet timed)
 #   N_FILES=10000 SUB_FILES=2000 TAR_FILES=4000 BIG_MIB=256 RUNS=1 NO_RESULTS=1 bash bench/fs.sh
 #
 # Sizes: N_FILES small files split over both layers (the top layer shadows 1%
@@ -53,6 +53,8 @@ die() { echo "fs.sh: $*" >&2; exit 1; }
 command -v "$FOVL" >/dev/null || die "$FOVL not found (apt-get install fuse-overlayfs)"
 for t in perl bc setpriv fusermount3 python3 tar; do command -v $t >/dev/null || die "$t missing"; done
 if [ "$ROOTLESS" = 1 ]; then id "$RL_USER" >/dev/null 2>&1 || die "user $RL_USER missing (or ROOTLESS=0)"; fi
+. "$here/guard.sh"
+guard "$RUN" "$@"       # Ctrl-C safe: see guard.sh
 
 # ---------------------------------------------------------------- data
 LA=$DATA/lower-top      # lowerdir=LA:LB (LA is the top layer)
@@ -121,10 +123,12 @@ cleanup() {
     for m in $(awk -v r="$RUN" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
         umount "$m" 2>/dev/null || umount -l "$m"
     done
+    # only pids still running one of our servers (a pid may have been reused)
+    ours() { tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$RUN"; }
     local p
-    for p in "${SERVERS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${SERVERS[@]}"; do ours "$p" && kill "$p" 2>/dev/null; done
     sleep 0.2
-    for p in "${SERVERS[@]}"; do kill -9 "$p" 2>/dev/null; done
+    for p in "${SERVERS[@]}"; do ours "$p" && kill -9 "$p" 2>/dev/null; done
     p=$(daemon_pid); [ -n "$p" ] && kill "$p" 2>/dev/null
     true
 }
@@ -191,7 +195,7 @@ fresh() {
         else
             "$bin" -f -o "$opts" "$M" >>"$log" 2>&1 &
         fi
-        SRV_PID=$!; SERVERS+=("$SRV_PID")
+        SRV_PID=$!; SERVERS+=("$SRV_PID"); echo "$SRV_PID" >> "$RUN/servers"
         ;;
     stacko-images)
         "$STACKO" --home "$SIH" delete-stackpoint bench >/dev/null 2>>"$log" || true
@@ -201,7 +205,7 @@ fresh() {
         [ -z "$(daemon_pid)" ] || die "the stacko daemon did not stop"
         "$STACKO" --home "$SIH" new-stackpoint bench top --dir "$M" >/dev/null 2>>"$log" || { cat "$log" >&2; die "new-stackpoint failed"; }
         "$STACKO" --home "$SIH" mount-stackpoint bench --backend fuse >/dev/null 2>>"$log" || { cat "$log" >&2; die "mount-stackpoint failed"; }
-        SRV_PID=$(daemon_pid)
+        SRV_PID=$(daemon_pid); echo "$SRV_PID" >> "$RUN/servers"
         ;;
     *) die "unknown engine $e" ;;
     esac

@@ -29,7 +29,13 @@ cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 daemon_pid() { pgrep -f -- "--home $1 daemon" | head -1; }
-du_bytes() { du -sb "$1" | cut -f1; }
+du_bytes() { du -sb "$@" | awk '{ n += $1 } END { print n }'; }
+# The store's bytes: the sled database and the object directory.
+store_bytes() { du_bytes "$1/db" "$1/objects"; }
+stop_daemon() {
+    "$STACKO" --home "$1" daemon-stop >/dev/null 2>&1 || true
+    while [ -n "$(daemon_pid "$1")" ]; do sleep 0.1; done
+}
 
 # time_cp SRC -> "seconds_cp seconds_cp_and_sync"
 time_cp() {
@@ -44,7 +50,7 @@ time_cp() {
 # time_import SRC -> "seconds peak_rss_kib"
 time_import() {
     local home=$WORK/home
-    "$STACKO" --home "$home" daemon-stop >/dev/null 2>&1 || true
+    stop_daemon "$home"
     rm -rf "$home"; mkdir -p "$home"
     "$STACKO" --home "$home" list-images >/dev/null   # starts the daemon
     local pid; pid=$(daemon_pid "$home")
@@ -55,6 +61,7 @@ time_import() {
     echo "$(echo "$t1 - $t0" | bc) $rss"
 }
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A R
 for what in tree big; do
     src=$tree_a; [ "$what" = big ] && src=$big
@@ -72,21 +79,22 @@ done
 
 # Dedup growth: import A, measure, import B (5% of files changed), measure.
 home=$WORK/home
-"$STACKO" --home "$home" daemon-stop >/dev/null 2>&1 || true
+stop_daemon "$home"
 rm -rf "$home"; mkdir -p "$home"
 "$STACKO" --home "$home" import-image a "$tree_a" >/dev/null
-"$STACKO" --home "$home" daemon-stop >/dev/null 2>&1 || true
-s1=$(du_bytes "$home"); o1=$(du_bytes "$home/objects")
+stop_daemon "$home"
+s1=$(store_bytes "$home"); o1=$(du_bytes "$home/objects")
 "$STACKO" --home "$home" import-image b "$tree_b" >/dev/null
-"$STACKO" --home "$home" daemon-stop >/dev/null 2>&1 || true
-s2=$(du_bytes "$home"); o2=$(du_bytes "$home/objects")
+stop_daemon "$home"
+s2=$(store_bytes "$home"); o2=$(du_bytes "$home/objects")
 tree_bytes=$(du_bytes "$tree_a")
 growth=$(echo "scale=4; ($s2 - $s1) / $tree_bytes" | bc)
 ogrowth=$(echo "scale=4; ($o2 - $o1) / $tree_bytes" | bc)
 
 ratio() { echo "scale=2; $1 / $2" | bc; }
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 report=$(cat <<REPORT
-### Ingest ($(date -u +%Y-%m-%d), $(nproc) cores, $N files of $(numfmt --to=iec "$tree_bytes") and one $BIG_MIB MiB file, median of $RUNS cold runs)
+### Ingest ($(date -u +%Y-%m-%d), $(nproc) cores, $N files of $(numfmt --to=iec "$tree_bytes") and one $BIG_MIB MiB file, median of $RUNS cold runs; load average $load_start at start, $load_end at end)
 
 | workload | cp -a | cp -a + sync | stacko import | import / cp -a | import / (cp -a + sync) | daemon peak RSS |
 |---|---|---|---|---|---|---|

@@ -44,6 +44,8 @@ for c in import-image new-stackpoint mount-stackpoint cutover-stackpoint fallbac
     "$STACKO" "$c" --help >/dev/null 2>&1 || missing+=("$c")
 done
 [ ${#missing[@]} = 0 ] || die "these stacko commands do not exist yet: ${missing[*]}"
+. "$here/guard.sh"
+guard "$RUN" "$@"       # Ctrl-C safe: see guard.sh
 
 # ---------------------------------------------------------------- data
 if [ ! -d "$DATA/done" ]; then
@@ -102,6 +104,7 @@ mkdir -p "$RUN/mnt"
 echo "importing images"
 s=$EPOCHREALTIME
 tm S import-image small "$DATA/small"
+pgrep -f -- "--home $H daemon" >> "$RUN/servers" || true
 tm S import-image small2 "$DATA/delta" --parent small
 tm S import-image large "$DATA/large"
 tm S import-image large2 "$DATA/delta" --parent large

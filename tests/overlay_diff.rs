@@ -392,3 +392,20 @@ fn regression_rename_lower_file_keeps_mtime() {
         flags: 0,
     }]);
 }
+
+/// link(2) of a lower fifo, then renaming the new name onto the old one: kernel overlayfs
+/// answers ESTALE (it shows the two names as two inodes); POSIX: success, nothing happens.
+#[test]
+fn regression_rename_onto_own_link_of_lower_fifo() {
+    replay(&[
+        Link {
+            from: "d3/y",
+            to: "s/b",
+        },
+        Rename {
+            from: "s/b",
+            to: "d3/y",
+            flags: 0,
+        },
+    ]);
+}

@@ -128,6 +128,12 @@ impl OverlayFs {
 
     /// Copies `node` up (metadata only if `mode` is `Meta` and metacopy is on).
     pub(crate) fn copy_up(&self, node: &Arc<Node>, mode: CopyMode) -> Result<()> {
+        self.copy_up_with(node, mode, false)
+    }
+
+    /// [`Self::copy_up`]; with `meta_index`, a hard-linked file may go to the index as a
+    /// metadata-only copy too (used when its data cannot be read, to keep its link count).
+    pub(crate) fn copy_up_with(&self, node: &Arc<Node>, mode: CopyMode, meta_index: bool) -> Result<()> {
         if Self::copied_enough(node, mode) {
             return Ok(());
         }
@@ -168,7 +174,7 @@ impl OverlayFs {
                     let fd = sys::openat(work, &tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
                     meta_only = mode == CopyMode::Meta
                         && self.cfg.metacopy
-                        && !(self.cfg.index && la.nlink > 1)
+                        && (meta_index || !(self.cfg.index && la.nlink > 1))
                         && la.size > 0
                         && decode_lower(node.ino).is_some();
                     if meta_only {
@@ -203,7 +209,9 @@ impl OverlayFs {
                     }
                 }
             }
-            if node.kind != Kind::Symlink {
+            if crate::sidemeta::needs_side(made_kind) {
+                u.side_set(work, &tmp, xattr::ORIGIN, node.ino.to_string().as_bytes())?;
+            } else {
                 sys::setxattr(t, OsStr::new(xattr::ORIGIN), node.ino.to_string().as_bytes(), 0)?;
             }
             let ovr = self.set_owner_mode(work, &tmp, made_kind, la.uid, la.gid, la.perm)?;
@@ -289,6 +297,12 @@ impl OverlayFs {
     }
 
     fn clear_metacopy_mark(&self, fd: RawFd, name: &OsStr) -> Result<()> {
+        // the redirect of a renamed metadata-only copy only says where its data was (kernel
+        // overlayfs refuses a redirect on a file that is no metadata-only copy)
+        match sys::removexattr(XTarget::At(fd, name), OsStr::new(xattr::USER_REDIRECT)) {
+            Ok(()) | Err(Errno(libc::ENODATA)) => {}
+            Err(e) => return Err(e),
+        }
         for m in [xattr::USER_METACOPY, xattr::TRUSTED_METACOPY] {
             match sys::removexattr(XTarget::At(fd, name), OsStr::new(m)) {
                 Ok(()) | Err(Errno(libc::ENODATA)) => {}

@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
@@ -23,16 +24,46 @@ pub struct DirEntry {
 /// A merged listing, shared between the cache and open directory handles.
 pub type Listing = Arc<Vec<DirEntry>>;
 
+const GEN_SLOTS: usize = 256;
+
 /// Bounded cache of merged listings by directory node number.
+///
+/// A listing is built without locks while the directory may change; each invalidation bumps
+/// a generation (per slot of directory numbers), and a listing is only cached if no
+/// invalidation of its slot happened since it started ([`DirCache::generation`],
+/// [`DirCache::put_if_unchanged`]). Otherwise a listing read just before a concurrent
+/// rename could be cached after that rename's invalidation, and hide the moved entry.
 #[derive(Debug)]
 pub struct DirCache {
     lru: Mutex<LruCache<u64, Listing>>,
+    gens: Vec<AtomicU64>,
+}
+
+fn slot(dir: u64) -> usize {
+    (dir.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % GEN_SLOTS
 }
 
 impl DirCache {
     /// A cache holding at most `cap` listings (at least one).
     pub fn new(cap: usize) -> Self {
-        DirCache { lru: Mutex::new(LruCache::new(NonZeroUsize::new(cap.max(1)).unwrap_or(NonZeroUsize::MIN))) }
+        DirCache {
+            lru: Mutex::new(LruCache::new(NonZeroUsize::new(cap.max(1)).unwrap_or(NonZeroUsize::MIN))),
+            gens: (0..GEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The invalidation generation of `dir`: read it before building a listing, and cache
+    /// the result with [`DirCache::put_if_unchanged`].
+    pub fn generation(&self, dir: u64) -> u64 {
+        self.gens[slot(dir)].load(Ordering::Acquire)
+    }
+
+    /// Caches the listing of `dir` unless `dir` may have changed since `generation`.
+    pub fn put_if_unchanged(&self, dir: u64, l: Listing, generation: u64) {
+        let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
+        if self.gens[slot(dir)].load(Ordering::Acquire) == generation {
+            lru.put(dir, l);
+        }
     }
 
     /// The cached listing of `dir`.
@@ -47,7 +78,9 @@ impl DirCache {
 
     /// Drops the listing of `dir` (call on every change inside it).
     pub fn invalidate(&self, dir: u64) {
-        self.lru.lock().unwrap_or_else(|e| e.into_inner()).pop(&dir);
+        let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
+        self.gens[slot(dir)].fetch_add(1, Ordering::AcqRel);
+        lru.pop(&dir);
     }
 }
 
@@ -66,5 +99,18 @@ mod tests {
         assert_eq!(c.get(3).map(|x| x[0].name.clone()), Some("c".into()));
         c.invalidate(3);
         assert!(c.get(3).is_none());
+    }
+
+    #[test]
+    fn a_listing_built_across_an_invalidation_is_not_cached() {
+        let c = DirCache::new(4);
+        let l = Arc::new(vec![DirEntry { name: "old".into(), kind: Kind::File, ino: 5 }]);
+        let g = c.generation(7);
+        c.invalidate(7); // a rename in dir 7 while its listing was being read
+        c.put_if_unchanged(7, l.clone(), g);
+        assert!(c.get(7).is_none());
+        let g = c.generation(7);
+        c.put_if_unchanged(7, l, g);
+        assert!(c.get(7).is_some());
     }
 }

@@ -155,7 +155,9 @@ pub struct OverlayFs {
     pub(crate) nodes: NodeTable,
     pub(crate) root_lower_dirs: Vec<LowerRef>,
     handles: ShardedMap<Arc<Handle>>,
-    dir_handles: ShardedMap<Listing>,
+    /// Open directories: the snapshot (with "." and "..") and the listing generation it
+    /// was taken at.
+    dir_handles: ShardedMap<(Listing, u64)>,
     next_fh: AtomicU64,
     pub(crate) dircache: DirCache,
     pub(crate) lindex: LowerIndex,
@@ -399,10 +401,20 @@ impl OverlayFs {
                     return Ok(None);
                 }
                 let kind = Kind::from_mode(st.st_mode).ok_or(Errno::EIO)?;
-                let names = sys::listxattr(XTarget::At(dfd, name)).unwrap_or_default();
+                let side = match &self.upper {
+                    Some(u) if crate::sidemeta::needs_side(kind) => Some(u.side_get_all(dfd, name)),
+                    _ => None,
+                };
+                let names = if side.is_some() {
+                    Vec::new()
+                } else {
+                    sys::listxattr(XTarget::At(dfd, name)).unwrap_or_default()
+                };
                 let mut r = Resolved { kind: Some(kind), upper: true, ..Default::default() };
                 let get = |n: &str| -> Option<Vec<u8>> {
-                    if xattr::has(&names, n) {
+                    if let Some(side) = &side {
+                        side.iter().find(|(k, _)| k.as_bytes() == n.as_bytes()).map(|(_, v)| v.clone())
+                    } else if xattr::has(&names, n) {
                         sys::getxattr(XTarget::At(dfd, name), OsStr::new(n)).ok().flatten()
                     } else {
                         None
@@ -460,8 +472,17 @@ impl OverlayFs {
                     }
                     if r.metacopy {
                         // The lower layer only answers for numbers it has handed out: look
-                        // the data source up by name (a metacopy file never moves).
-                        let hit = self.lower_merge(&plower, name)?;
+                        // the data source up by name, at its redirect if it was renamed
+                        // (absolute lower path, as kernel overlayfs writes for metacopy files).
+                        let redirect = get(xattr::USER_REDIRECT).filter(|rd| rd.first() == Some(&b'/'));
+                        let hit = match redirect {
+                            Some(rd) => {
+                                let cut = rd.iter().rposition(|b| *b == b'/').unwrap_or(0);
+                                let dirs = self.lower_dirs_of_path(&rd[..cut])?;
+                                self.lower_merge(&dirs, OsStr::from_bytes(&rd[cut + 1..]))?
+                            }
+                            None => self.lower_merge(&plower, name)?,
+                        };
                         r.metacopy = matches!((hit.top, r.origin), (Some((l, e)), Some((ol, oi))) if l == ol && e.ino == oi);
                     }
                 }
@@ -614,11 +635,13 @@ impl OverlayFs {
     }
 
     fn raw_attr(&self, node: &Node, prefetched: Option<LowerAttr>) -> Result<Attr> {
-        let (ovr, origin, ndirs, indexed) = {
+        let (ovr, origin, ndirs, indexed, unlinked, orphan) = {
             let s = node.st();
-            (s.override_stat, s.origin, s.lower_dirs.len(), s.indexed)
+            (s.override_stat, s.origin, s.lower_dirs.len(), s.indexed, s.unlinked, s.orphan.clone())
         };
-        let mut a = if Self::has_upper(node) {
+        let mut a = if let Some(fd) = orphan.filter(|_| unlinked) {
+            attr_from_stat(&sys::fstat(fd.as_raw_fd())?)
+        } else if Self::has_upper(node) {
             let (_hold, fd, name) = self.upper_loc(node)?;
             let st = sys::fstatat(fd, &name)?;
             let mut la = attr_from_stat(&st);
@@ -650,6 +673,9 @@ impl OverlayFs {
             }
         }
         a.kind = node.kind;
+        if unlinked && node.kind != Kind::Dir && !indexed {
+            a.nlink = 0;
+        }
         Ok(Attr {
             ino: node.ino,
             kind: node.kind,
@@ -713,12 +739,23 @@ impl OverlayFs {
             sys::fchmodat(fd, name, real)?;
         }
         let t = XTarget::At(fd, name);
+        // symlinks and special files hold no user.* xattrs: their override lives in the side
+        // directory (see `crate::sidemeta`)
+        let side = crate::sidemeta::needs_side(kind);
         if !chown_ok || real != perm {
             let v = format!("{uid}:{gid}:{:o}", kind.mode_bits() | perm);
-            let _ = sys::setxattr(t, OsStr::new(xattr::OVERRIDE_STAT), v.as_bytes(), 0);
+            if side {
+                u.side_set(fd, name, xattr::OVERRIDE_STAT, v.as_bytes())?;
+            } else {
+                let _ = sys::setxattr(t, OsStr::new(xattr::OVERRIDE_STAT), v.as_bytes(), 0);
+            }
             Ok(Some((uid, gid, perm)))
         } else {
-            let _ = sys::removexattr(t, OsStr::new(xattr::OVERRIDE_STAT));
+            if side {
+                let _ = u.side_remove(fd, name, xattr::OVERRIDE_STAT);
+            } else {
+                let _ = sys::removexattr(t, OsStr::new(xattr::OVERRIDE_STAT));
+            }
             Ok(None)
         }
     }
@@ -727,6 +764,13 @@ impl OverlayFs {
     pub fn setattr(&self, ino: u64, sa: SetAttr) -> Result<Attr> {
         self.writable()?;
         let node = self.node(ino)?;
+        let orphan = {
+            let s = node.st();
+            if s.unlinked { s.orphan.clone() } else { None }
+        };
+        if let Some(o) = orphan {
+            return self.setattr_orphan(&node, &o, sa);
+        }
         let nonzero_size = matches!(sa.size, Some(s) if s > 0);
         if sa.size.is_some() && node.kind == Kind::Dir {
             return Err(Errno::EISDIR);
@@ -751,15 +795,16 @@ impl OverlayFs {
                 let uid = sa.uid.unwrap_or(cur.uid);
                 let gid = sa.gid.unwrap_or(cur.gid);
                 let mut perm = sa.mode.map(|m| m & 0o7777).unwrap_or(cur.perm);
-                if sa.mode.is_none()
-                    && node.kind != Kind::Dir
-                    && (sa.uid.is_some_and(|u| u != cur.uid) || sa.gid.is_some_and(|g| g != cur.gid))
-                {
-                    // chown clears set-id bits on non-directories
+                if sa.mode.is_none() && node.kind != Kind::Dir && (sa.uid.is_some() || sa.gid.is_some()) {
+                    // chown clears set-id bits on non-directories, as chown(2) on Linux does
+                    // (with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem)
                     perm &= !(libc::S_ISUID | if perm & 0o010 != 0 { libc::S_ISGID } else { 0 });
                 }
                 if privileged {
                     let _ = sys::removexattr(XTarget::At(fd, &name), OsStr::new(xattr::OVERRIDE_STAT));
+                    if crate::sidemeta::needs_side(node.kind) {
+                        let _ = self.writable()?.side_remove(fd, &name, xattr::OVERRIDE_STAT);
+                    }
                     sys::fchownat(fd, &name, uid, gid)?;
                     if node.kind != Kind::Symlink {
                         sys::fchmodat(fd, &name, perm)?;
@@ -795,6 +840,46 @@ impl OverlayFs {
             )?;
         }
         self.attr_of(&node, None)
+    }
+
+    /// Clears the set-user-ID bit, and the set-group-ID bit when group-execute is set, of a
+    /// non-directory, as the kernel does on write, truncate and chown by a caller without
+    /// `CAP_FSETID`. The FUSE adapter calls it where the kernel leaves this to the filesystem
+    /// (`FUSE_HANDLE_KILLPRIV_V2`). Nothing is copied up when no bit needs clearing.
+    /// Returns whether a bit was cleared.
+    pub fn kill_suidgid(&self, ino: u64) -> Result<bool> {
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir {
+            return Ok(false);
+        }
+        let a = self.attr_of(&node, None)?;
+        let kill = libc::S_ISUID | if a.perm & 0o010 != 0 { libc::S_ISGID } else { 0 };
+        if a.perm & kill == 0 {
+            return Ok(false);
+        }
+        self.setattr(ino, SetAttr { mode: Some(a.perm & !kill), ..Default::default() })?;
+        Ok(true)
+    }
+
+    /// `setattr` of an open file whose names are all gone: through its inode.
+    fn setattr_orphan(&self, node: &Node, o: &OwnedFd, sa: SetAttr) -> Result<Attr> {
+        let path = OsString::from(format!("/proc/self/fd/{}", o.as_raw_fd()));
+        let acc = if sa.size.is_some() { libc::O_WRONLY } else { libc::O_RDONLY };
+        let f = sys::openat(libc::AT_FDCWD, &path, acc, 0)?;
+        let fd = f.as_raw_fd();
+        if sa.uid.is_some() || sa.gid.is_some() {
+            sys::fchownat(fd, OsStr::new(""), sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(m) = sa.mode {
+            sys::fchmod(fd, m & 0o7777)?;
+        }
+        if let Some(size) = sa.size {
+            sys::ftruncate(fd, size)?;
+        }
+        if sa.atime.is_some() || sa.mtime.is_some() {
+            sys::utimensat(fd, OsStr::new(""), sa.atime.unwrap_or(SetTime::Omit), sa.mtime.unwrap_or(SetTime::Omit))?;
+        }
+        self.attr_of(node, None)
     }
 
     /// FUSE `readlink`.
@@ -1042,7 +1127,20 @@ impl OverlayFs {
     // ---------------------------------------------------------------- removal
 
     /// Forgets the name (`parent`, `name`) of `node` after it left the merged tree.
-    fn drop_name(&self, node: &Arc<Node>, parent: u64, name: &OsStr) -> Result<()> {
+    /// For a node with open files: an `O_PATH` fd of its upper inode, taken before a name is
+    /// removed, kept if that was the last name (see `NodeState::orphan`).
+    fn orphan_fd(&self, node: &Node) -> Option<Arc<OwnedFd>> {
+        if node.kind != Kind::File || node.opens.lock().unwrap_or_else(|e| e.into_inner()).count == 0 {
+            return None;
+        }
+        if !Self::has_upper(node) {
+            return None;
+        }
+        let (_h, fd, name) = self.upper_loc(node).ok()?;
+        sys::openat(fd, &name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok().map(Arc::new)
+    }
+
+    fn drop_name(&self, node: &Arc<Node>, parent: u64, name: &OsStr, orphan: Option<Arc<OwnedFd>>) -> Result<()> {
         if node.st().indexed {
             self.adjust_index_nlink(node, -1)?;
         }
@@ -1064,8 +1162,31 @@ impl OverlayFs {
             s.unlinked = true;
             s.upper = false;
             s.dirfd = None;
+            drop(s);
+            if node.kind != Kind::Dir {
+                // the open files keep the inode: keep a handle for its attributes
+                node.st_mut().orphan = orphan;
+            }
         } else {
             s.aliases.retain(|(p, a)| !(*p == parent && a == name));
+        }
+        Ok(())
+    }
+
+    /// Before one name of a lower file with several names goes away, moves the file to the
+    /// hard-link index, whose link count then tracks the names left (`st_nlink` stays true;
+    /// kernel overlayfs keeps showing the lower count).
+    fn index_before_name_drop(&self, node: &Arc<Node>) -> Result<()> {
+        if node.kind != Kind::File || !self.cfg.index || Self::has_upper(node) {
+            return Ok(());
+        }
+        let Some((l, i)) = node.st().origin else { return Ok(()) };
+        if self.lowers[l].getattr(i)?.nlink > 1 {
+            // a file the mounting user may not read (rootless) cannot be copied: then a
+            // metadata-only index entry keeps the count; the unlink never fails for this
+            if self.copy_up(node, CopyMode::Meta).is_err() {
+                let _ = self.copy_up_with(node, CopyMode::Meta, true);
+            }
         }
         Ok(())
     }
@@ -1078,11 +1199,17 @@ impl OverlayFs {
         if node.kind == Kind::Dir {
             return Err(Errno::EISDIR);
         }
+        self.index_before_name_drop(&node)?;
         let dirfd = self.copy_up_dir_chain(&p)?;
         let dfd = dirfd.as_raw_fd();
         let in_upper = matches!(sys::fstatat_opt(dfd, name)?, Some(st) if !whiteout::is_whiteout(&st));
         // Not in the upper yet visible: a lower layer shows it.
         let lower = !in_upper || self.lower_visible(&p, name)?;
+        if in_upper && crate::sidemeta::needs_side(node.kind) {
+            u.side_drop_if_last(dfd, name);
+        }
+        let _names = node.name_lock.write().unwrap_or_else(|e| e.into_inner());
+        let orphan = self.orphan_fd(&node);
         match (in_upper, lower) {
             (true, true) => u.replace_with_whiteout(dfd, name, false)?,
             (true, false) => sys::unlinkat(dfd, name, 0)?,
@@ -1090,7 +1217,7 @@ impl OverlayFs {
             (false, false) => return Err(Errno::ENOENT),
         }
         self.dircache.invalidate(parent);
-        self.drop_name(&node, parent, name)
+        self.drop_name(&node, parent, name, orphan)
     }
 
     /// FUSE `rmdir`.
@@ -1171,6 +1298,33 @@ impl OverlayFs {
         Ok(())
     }
 
+    /// Before a metadata-only copy at (`parent`, `name`) moves: copies its data (so that
+    /// the moved file stays readable by kernel overlayfs without [`upper::prepare_for_kernel`]);
+    /// if the mounting user may not read the data (rootless, a root-only lower file), records
+    /// where the data is instead (`user.overlay.redirect`, the absolute lower path, as kernel
+    /// overlayfs does for metacopy files), so that the rename still works.
+    fn keep_metacopy_source(&self, node: &Arc<Node>, parent: &Node, name: &OsStr) -> Result<()> {
+        if !node.st().metacopy {
+            return Ok(());
+        }
+        let err = match self.copy_up(node, CopyMode::Data) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == Errno(libc::EACCES) || e == Errno(libc::EPERM) => e,
+            Err(e) => return Err(e),
+        };
+        let marked = (|| -> Result<()> {
+            let (_h, fd, uname) = self.upper_loc(node)?;
+            let t = XTarget::At(fd, &uname);
+            let names = sys::listxattr(t)?;
+            if !xattr::has(&names, xattr::USER_REDIRECT) {
+                let lp = join_lpath(parent.st().lpath.as_ref(), name);
+                sys::setxattr(t, OsStr::new(xattr::USER_REDIRECT), &lp, 0)?;
+            }
+            Ok(())
+        })();
+        marked.map_err(|_| err)
+    }
+
     /// Prepares a directory that moves to (`np`, `nname`): a redirect if it has lower parts,
     /// or opaque if lower layers show something at its new name.
     fn prepare_moved_dir(&self, dir: &Node, np: &Node, nname: &OsStr) -> Result<()> {
@@ -1235,27 +1389,42 @@ impl OverlayFs {
         {
             return Err(Errno::EXDEV);
         }
+        if !exchange {
+            if let Some(d) = &dst {
+                self.index_before_name_drop(d)?;
+            }
+        }
+        let mut d_orphan = None;
         let odir = self.copy_up_dir_chain(&op)?;
         let ndir = self.copy_up_dir_chain(&np)?;
         let (ofd, nfd) = (odir.as_raw_fd(), ndir.as_raw_fd());
         self.ensure_upper_name(&src, &op, name)?;
         if src.kind == Kind::File && !src.st().indexed {
-            self.copy_up(&src, CopyMode::Data)?;
+            self.keep_metacopy_source(&src, &op, name)?;
         }
         if src.kind == Kind::Dir {
             self.prepare_moved_dir(&src, &np, newname)?;
         }
+        // the names move: no open by an upper name meanwhile (lock order: node number)
+        let mut moving: Vec<&Arc<Node>> = std::iter::once(&src).chain(dst.iter()).collect();
+        moving.sort_by_key(|n| n.ino);
+        moving.dedup_by_key(|n| n.ino);
+        let _names: Vec<_> = moving.iter().map(|n| n.name_lock.write().unwrap_or_else(|e| e.into_inner())).collect();
         if exchange {
             let d = dst.as_ref().ok_or(Errno::ENOENT)?;
             self.ensure_upper_name(d, &np, newname)?;
             if d.kind == Kind::File && !d.st().indexed {
-                self.copy_up(d, CopyMode::Data)?;
+                self.keep_metacopy_source(d, &np, newname)?;
             }
             if d.kind == Kind::Dir {
                 self.prepare_moved_dir(d, &op, name)?;
             }
             sys::renameat2(ofd, name, nfd, newname, libc::RENAME_EXCHANGE)?;
         } else {
+            d_orphan = dst.as_ref().and_then(|d| self.orphan_fd(d));
+            if dst.as_ref().is_some_and(|d| crate::sidemeta::needs_side(d.kind)) {
+                u.side_drop_if_last(nfd, newname);
+            }
             if let Some(d) = &dst {
                 if d.kind == Kind::Dir {
                     if let Some(fd) = d.st().dirfd.clone() {
@@ -1300,7 +1469,7 @@ impl OverlayFs {
                     s.upper = false;
                     s.dirfd = None;
                 } else {
-                    self.drop_name(d, newparent, newname)?;
+                    self.drop_name(d, newparent, newname, d_orphan)?;
                 }
             }
         }
@@ -1348,6 +1517,7 @@ impl OverlayFs {
     }
 
     fn open_upper_data(&self, node: &Node, flags: i32) -> Result<File> {
+        let _names = node.name_lock.read().unwrap_or_else(|e| e.into_inner());
         let (_h, fd, name) = self.upper_loc(node)?;
         let f = self.upper_open_flags(flags) | libc::O_NOFOLLOW;
         match sys::openat(fd, &name, f, 0) {
@@ -1585,6 +1755,7 @@ impl OverlayFs {
         if let Some(l) = self.dircache.get(node.ino) {
             return Ok(l);
         }
+        let generation = self.dircache.generation(node.ino);
         let (dirfd, dirs) = {
             let s = node.st();
             if s.unlinked {
@@ -1621,11 +1792,15 @@ impl OverlayFs {
                 if !seen.insert(e.name.clone()) {
                     continue;
                 }
-                let ino = sys::getxattr(XTarget::At(fd, &e.name), OsStr::new(xattr::ORIGIN))
-                    .ok()
-                    .flatten()
-                    .and_then(|v| parse_u64(&v))
-                    .unwrap_or_else(|| self.nodes.inos.upper(e.ino));
+                let origin = match &self.upper {
+                    Some(u) if crate::sidemeta::needs_side(kind) => u
+                        .side_get_all(fd, &e.name)
+                        .into_iter()
+                        .find(|(k, _)| k.as_bytes() == xattr::ORIGIN.as_bytes())
+                        .map(|(_, v)| v),
+                    _ => sys::getxattr(XTarget::At(fd, &e.name), OsStr::new(xattr::ORIGIN)).ok().flatten(),
+                };
+                let ino = origin.and_then(|v| parse_u64(&v)).unwrap_or_else(|| self.nodes.inos.upper(e.ino));
                 out.push(DirEntry { name: e.name, kind, ino });
             }
         }
@@ -1661,32 +1836,53 @@ impl OverlayFs {
             }
         }
         let l: Listing = Arc::new(out);
-        self.dircache.put(node.ino, l.clone());
+        self.dircache.put_if_unchanged(node.ino, l.clone(), generation);
         Ok(l)
     }
 
-    /// FUSE `opendir`: snapshots the merged listing.
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
+    /// The listing of directory `ino` with "." and "..", and the generation it is of.
+    fn dir_snapshot(&self, ino: u64) -> Result<(Listing, u64)> {
         let node = self.node(ino)?;
         if node.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
+        let generation = self.dircache.generation(ino);
         let parent = node.st().parent;
         let mut full = vec![
             DirEntry { name: ".".into(), kind: Kind::Dir, ino },
             DirEntry { name: "..".into(), kind: Kind::Dir, ino: parent },
         ];
         full.extend(self.listing(&node)?.iter().cloned());
+        Ok((Arc::new(full), generation))
+    }
+
+    /// FUSE `opendir`: snapshots the merged listing.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let snap = self.dir_snapshot(ino)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dir_handles.with_mut(fh, |m| m.insert(fh, Arc::new(full)));
+        self.dir_handles.with_mut(fh, |m| m.insert(fh, snap));
         Ok(fh)
     }
 
     /// FUSE `readdir`: the entries of an open directory from position `offset` (each
     /// entry's own offset is its position + 1).
+    ///
+    /// Reading from the start retakes the snapshot if the directory changed since it was
+    /// taken: the kernel holds the directory lock across a `readdir` request (so no rename
+    /// in it runs meanwhile) but not between `opendir` and the first `readdir`, and it may
+    /// keep what it reads in its directory cache (`FOPEN_CACHE_DIR`); a snapshot older
+    /// than a rename would be cached there and hide or duplicate the moved entry.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Listing> {
-        let l = self.dir_handles.get(fh).ok_or(Errno::EBADF)?;
-        let _ = offset;
+        let (l, generation) = self.dir_handles.get(fh).ok_or(Errno::EBADF)?;
+        if offset == 0 {
+            let ino = l.first().map(|e| e.ino).ok_or(Errno::EBADF)?;
+            if self.dircache.generation(ino) != generation {
+                let snap = self.dir_snapshot(ino)?;
+                let fresh = snap.0.clone();
+                self.dir_handles.with_mut(fh, |m| m.insert(fh, snap));
+                return Ok(fresh);
+            }
+        }
         Ok(l)
     }
 

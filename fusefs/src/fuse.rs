@@ -111,6 +111,9 @@ pub struct FuseFs {
     /// Request counters by operation, when `STACKO_OVERLAY_STATS` names a file to write
     /// them to at unmount (a profiling aid: how many round trips a workload costs).
     stats: Option<(std::path::PathBuf, Vec<std::sync::atomic::AtomicU64>)>,
+    /// Sends invalidations to the kernel once the session exists (for changes the kernel
+    /// cannot see in a reply, such as set-id bits cleared by an `O_TRUNC` open).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 /// Names of the counted operations, in the order of [`FuseFs::tick`] indexes.
@@ -134,6 +137,7 @@ impl FuseFs {
             want_writeback: writeback && !passthrough,
             backings: Mutex::new(HashMap::new()),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            notifier: Arc::new(std::sync::OnceLock::new()),
             stats: std::env::var_os("STACKO_OVERLAY_STATS")
                 .map(|p| (p.into(), OPS.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect())),
         }
@@ -216,6 +220,9 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_MAX_PAGES,
+            // set-id bits are cleared here (write/truncate/chown), so the kernel neither asks
+            // getattr before every chown nor getxattr(security.capability) before every write
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -235,7 +242,6 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.tick(0);
-        if std::env::var_os("STACKO_DBG").is_some() { eprintln!("lookup {} {:?}", parent.0, name); }
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
             Err(e) if e == Errno::ENOENT => {
@@ -268,7 +274,6 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.tick(2);
-        if std::env::var_os("STACKO_DBG").is_some() { eprintln!("getattr {} fh{:?}", ino.0, _fh.is_some()); }
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -277,7 +282,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -285,7 +290,7 @@ impl Filesystem for FuseFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -294,7 +299,6 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         self.tick(3);
-        if std::env::var_os("STACKO_DBG").is_some() { eprintln!("setattr {} m{:?} u{:?} g{:?} s{:?} a{:?} mt{:?} fh{:?}", ino.0, mode, uid, gid, size, atime.is_some(), mtime.is_some(), fh.is_some()); }
         let sa = SetAttr {
             mode: mode.map(|m| m & 0o7777),
             uid,
@@ -304,7 +308,20 @@ impl Filesystem for FuseFs {
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
         };
-        match self.fs.setattr(ino.0, sa) {
+        // FUSE_HANDLE_KILLPRIV_V2: the kernel sends an empty setattr (fuser drops the
+        // FATTR_KILL_SUIDGID bit) when a write-like change must clear set-id bits, and leaves
+        // truncation by an unprivileged caller to us (caller without CAP_FSETID ~ uid != 0).
+        let empty = sa == SetAttr::default() && ctime.is_none();
+        let kill = empty || (size.is_some() && mode.is_none() && req.uid() != 0);
+        let res = self.fs.setattr(ino.0, sa).and_then(|a| {
+            if kill {
+                self.fs.kill_suidgid(ino.0)?;
+                self.fs.getattr(ino.0)
+            } else {
+                Ok(a)
+            }
+        });
+        match res {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -383,10 +400,30 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.tick(12);
         let _g = self.open_lock(ino.0);
-        match self.fs.open(ino.0, flags.0) {
+        // O_TRUNC by an unprivileged caller clears set-id bits (FUSE_HANDLE_KILLPRIV_V2)
+        let kill = flags.0 & libc::O_TRUNC != 0 && flags.0 & libc::O_ACCMODE != libc::O_RDONLY && req.uid() != 0;
+        let res = self.fs.open(ino.0, flags.0).and_then(|o| {
+            if kill {
+                match self.fs.kill_suidgid(ino.0) {
+                    Ok(true) => {
+                        // the open reply carries no attributes: drop the kernel's cached mode
+                        if let Some(n) = self.notifier.get() {
+                            let _ = n.inval_inode(ino, -1, 0);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        let _ = self.fs.release(o.fh);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(o)
+        });
+        match res {
             Ok(o) => self.reply_open(ino.0, o, reply),
             Err(e) => reply.error(errno(e)),
         }
@@ -413,16 +450,22 @@ impl Filesystem for FuseFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         self.tick(14);
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.fs.kill_suidgid(ino.0) {
+                reply.error(errno(e));
+                return;
+            }
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -564,7 +607,6 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.tick(25);
-        if std::env::var_os("STACKO_DBG").is_some() { eprintln!("getxattr {} {:?}", ino.0, name); }
         match self.fs.getxattr(ino.0, name) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
@@ -814,6 +856,8 @@ pub fn mount(fs: Arc<OverlayFs>, cfg: &MountConfig, plan: &Plan, mountpoint: &Pa
     let (tx, rx) = crossbeam_channel::bounded(1);
     ffs.destroyed = Some(tx);
     let mountpoint = std::fs::canonicalize(mountpoint)?;
+    let notifier = ffs.notifier.clone();
     let session = Session::new(ffs, &mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
     Ok(Mounted { session, mountpoint, destroyed: rx })
 }

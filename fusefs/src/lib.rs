@@ -3,7 +3,9 @@
 //!
 //! * [`lower`]: the [`lower::Lower`] trait every layer source implements; [`dirlower`]: a
 //!   layer read from a plain directory.
-//! * [`upper`], [`whiteout`], [`xattr`]: the on-disk format of the upper and work directories.
+//! * [`upper`], [`whiteout`], [`xattr`]: the on-disk format of the upper and work directories;
+//!   [`sidemeta`]: bookkeeping of upper symlinks and special files (which hold no `user.*`
+//!   xattrs).
 //! * [`node`]: the inode table; [`dircache`]: cached merged listings; [`lowerindex`]: merged
 //!   lower-directory indexes (lookups in O(1) of the depth); [`copyup`]: copy-up.
 //! * [`fs`]: the filesystem logic as plain methods (testable without FUSE).
@@ -23,6 +25,7 @@ pub mod lowerindex;
 pub mod node;
 pub mod prepare;
 pub mod shard;
+pub mod sidemeta;
 pub mod sys;
 pub mod upper;
 pub mod whiteout;

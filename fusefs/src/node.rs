@@ -101,6 +101,10 @@ pub struct NodeState {
     pub unlinked: bool,
     /// Bumped on each data copy-up, so open handles on lower data can switch to the upper.
     pub data_gen: u64,
+    /// An unlinked node that was open when its last name went: an `O_PATH` fd of its upper
+    /// inode, so that `fstat` (and `fchmod`, `futimens`, `ftruncate`) on the open files keep
+    /// working, as POSIX requires.
+    pub orphan: Option<Arc<OwnedFd>>,
 }
 
 impl NodeState {
@@ -120,6 +124,7 @@ impl NodeState {
             override_stat: None,
             unlinked: false,
             data_gen: 0,
+            orphan: None,
         }
     }
 
@@ -151,6 +156,10 @@ pub struct Node {
     pub refs: AtomicU64,
     /// Serialises copy-up of this node.
     pub copy_lock: Mutex<()>,
+    /// Held for writing while a name of this node moves or goes away in the upper (the
+    /// syscall and the node's bookkeeping), for reading while a file is opened by its upper
+    /// name: an open never meets the whiteout a concurrent rename leaves behind.
+    pub name_lock: RwLock<()>,
     /// Open accounting.
     pub opens: Mutex<OpenState>,
 }
@@ -164,6 +173,7 @@ impl Node {
             state: RwLock::new(state),
             refs: AtomicU64::new(0),
             copy_lock: Mutex::new(()),
+            name_lock: RwLock::new(()),
             opens: Mutex::new(OpenState::default()),
         }
     }

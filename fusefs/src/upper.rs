@@ -5,7 +5,9 @@
 //!   `.wh..wh..opq` entry);
 //! * scratch files for atomic copy-up: `WORKDIR/work/` (the directory kernel overlayfs uses
 //!   too, and empties at mount);
-//! * stacko's hard-link index: `WORKDIR/stacko-index/<merged inode number in hex>`.
+//! * stacko's hard-link index: `WORKDIR/stacko-index/<merged inode number in hex>`;
+//! * bookkeeping xattrs of symlinks and special files: `WORKDIR/stacko-meta/` (see
+//!   [`crate::sidemeta`]).
 //!
 //! # Mounting a stacko upper with kernel overlayfs
 //!
@@ -49,6 +51,7 @@ pub struct Upper {
     root: OwnedFd,
     work: OwnedFd,
     index: OwnedFd,
+    side: OwnedFd,
     tmp_seq: AtomicU64,
     /// Name (in the scratch directory) of the shared whiteout new whiteouts are hard links
     /// of, as kernel overlayfs does: a link allocates no inode, which on ext4 is much
@@ -93,10 +96,12 @@ impl Upper {
             let _ = remove_tree(workfd.as_raw_fd(), &e.name);
         }
         let index = ensure_subdir(workroot.as_raw_fd(), INDEX_SUBDIR)?;
+        let side = ensure_subdir(workroot.as_raw_fd(), crate::sidemeta::SIDE_SUBDIR)?;
         Ok(Upper {
             root,
             work: workfd,
             index,
+            side,
             tmp_seq: AtomicU64::new(0),
             shared_whiteout: std::sync::Mutex::new(None),
             privileged: sys::geteuid() == 0,
@@ -116,6 +121,11 @@ impl Upper {
     /// Fd of the hard-link index directory.
     pub fn index_fd(&self) -> RawFd {
         self.index.as_raw_fd()
+    }
+
+    /// Fd of the side-metadata directory (see [`crate::sidemeta`]).
+    pub fn side_fd(&self) -> RawFd {
+        self.side.as_raw_fd()
     }
 
     /// A fresh scratch name, unique within this process.

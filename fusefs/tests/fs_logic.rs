@@ -524,3 +524,212 @@ fn metacopy_off_copies_data_on_chmod() {
     assert_eq!(fs::read_to_string(e.u().join("f")).unwrap(), "data");
     assert!(get_xattr(&e.u().join("f"), "user.overlay.metacopy").is_none());
 }
+
+/// Directory times in the upper, as (mtime sec, mtime nsec).
+fn mtime_of(p: &Path) -> (i64, i64) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+fn set_mtime(p: &Path, sec: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let t = [libc::timespec { tv_sec: sec, tv_nsec: 0 }, libc::timespec { tv_sec: sec, tv_nsec: 500 }];
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }, 0);
+}
+
+#[test]
+fn copy_up_keeps_the_times_of_parent_directories() {
+    let e = Env::new(1);
+    write(&e.l(0).join("d/e/f"), "data");
+    fs::hard_link(e.l(0).join("d/e/f"), e.l(0).join("d/g")).unwrap();
+    set_mtime(&e.l(0).join("d/e"), 1_100_000_000);
+    set_mtime(&e.l(0).join("d"), 1_100_001_000);
+    set_mtime(&e.u(), 1_300_000_000);
+    let f = e.mount();
+    write_at(&f, "d/e/f", 0, "DA", 0);
+    assert_eq!(read(&f, "d/g"), "DAta");
+    // the upper root, and the copied-up directories, keep their times
+    assert_eq!(mtime_of(&e.u()), (1_300_000_000, 500));
+    assert_eq!(mtime_of(&e.u().join("d")), (1_100_001_000, 500));
+    assert_eq!(mtime_of(&e.u().join("d/e")), (1_100_000_000, 500));
+    let d = walk(&f, "d").unwrap();
+    assert_eq!(f.getattr(d).unwrap().mtime.sec, 1_100_001_000);
+    // linking the other name of the hard-link group into place is a copy-up too
+    let g = walk(&f, "d/g").unwrap();
+    f.setattr(g, SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
+    assert_eq!(mtime_of(&e.u().join("d")), (1_100_001_000, 500));
+}
+
+#[test]
+fn rename_of_a_lower_file_keeps_its_times() {
+    let e = Env::new(1);
+    write(&e.l(0).join("b"), "bbbb");
+    set_mtime(&e.l(0).join("b"), 1_100_002_000);
+    let f = e.mount();
+    f.rename(1, OsStr::new("b"), 1, OsStr::new("c"), 0).unwrap();
+    let c = walk(&f, "c").unwrap();
+    assert_eq!(f.getattr(c).unwrap().mtime.sec, 1_100_002_000);
+    assert_eq!(f.getattr(c).unwrap().mtime.nsec, 500);
+    assert_eq!(read(&f, "c"), "bbbb");
+}
+
+#[test]
+fn link_of_a_lower_fifo_works() {
+    let e = Env::new(1);
+    let c = std::ffi::CString::new(e.l(0).join("p").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let f = e.mount();
+    let p = walk(&f, "p").unwrap();
+    let a = f.link(p, 1, OsStr::new("n")).unwrap();
+    assert_eq!(a.ino, p);
+    assert_eq!(a.nlink, 2);
+    assert_eq!(a.kind, Kind::Fifo);
+    assert_eq!(walk(&f, "n").unwrap(), p);
+    // fifos hold no user.* xattrs: the origin number survives a remount through the side map
+    drop(f);
+    let f2 = e.mount();
+    assert_eq!(walk(&f2, "n").unwrap(), p);
+    assert_eq!(walk(&f2, "p").unwrap(), p);
+    assert_eq!(f2.getattr(p).unwrap().nlink, 2);
+}
+
+#[test]
+fn side_metadata_of_symlinks_follows_the_inode_and_not_its_number() {
+    let e = Env::new(1);
+    let up = Upper::open(&e.u(), &e.root.join("w")).unwrap();
+    let dir = fs::File::open(e.u()).unwrap();
+    let dfd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    std::os::unix::fs::symlink("target", e.u().join("s")).unwrap();
+    up.side_set(dfd, OsStr::new("s"), "user.containers.override_stat", b"0:0:120777").unwrap();
+    fs::rename(e.u().join("s"), e.u().join("t")).unwrap();
+    let got = up.side_get_all(dfd, OsStr::new("t"));
+    assert_eq!(got, vec![(OsString::from("user.containers.override_stat"), b"0:0:120777".to_vec())]);
+    up.side_drop_if_last(dfd, OsStr::new("t"));
+    fs::remove_file(e.u().join("t")).unwrap();
+    std::os::unix::fs::symlink("other", e.u().join("t")).unwrap();
+    assert!(up.side_get_all(dfd, OsStr::new("t")).is_empty(), "no stale entry for a new inode");
+    assert_eq!(fs::read_dir(e.root.join("w/stacko-meta")).unwrap().count(), 0);
+}
+
+#[test]
+fn unlinking_one_name_of_a_lower_hard_link_drops_nlink() {
+    let e = Env::new(1);
+    write(&e.l(0).join("d1/x"), "xxxx");
+    fs::create_dir(e.l(0).join("s")).unwrap();
+    fs::hard_link(e.l(0).join("d1/x"), e.l(0).join("s/y")).unwrap();
+    let f = e.mount();
+    let (s, _) = parent_and_name(&f, "s/y");
+    let x = walk(&f, "d1/x").unwrap();
+    assert_eq!(f.getattr(x).unwrap().nlink, 2);
+    f.unlink(s, OsStr::new("y")).unwrap();
+    assert_eq!(f.getattr(x).unwrap().nlink, 1);
+    assert_eq!(read(&f, "d1/x"), "xxxx");
+    drop(f);
+    let f2 = e.mount();
+    let x2 = walk(&f2, "d1/x").unwrap();
+    assert_eq!(f2.getattr(x2).unwrap().nlink, 1);
+    assert_eq!(walk(&f2, "s/y"), Err(Errno::ENOENT));
+}
+
+#[test]
+fn an_open_file_keeps_working_after_its_last_name_is_removed() {
+    let e = Env::new(1);
+    write(&e.l(0).join("low"), "lower data");
+    let f = e.mount();
+    for name in ["new", "low"] {
+        let ino = if name == "new" {
+            let (a, o) = f.create(1, OsStr::new(name), 0o644, libc::O_RDWR, ctx()).unwrap();
+            f.release(o.fh);
+            a.ino
+        } else {
+            walk(&f, name).unwrap()
+        };
+        let o = f.open(ino, libc::O_RDWR).unwrap();
+        f.unlink(1, OsStr::new(name)).unwrap();
+        let a = f.getattr(ino).unwrap();
+        assert_eq!(a.nlink, 0, "{name}");
+        f.write(o.fh, 0, b"Hello, World!").unwrap();
+        assert_eq!(f.read(o.fh, 0, 13).unwrap(), b"Hello, World!");
+        assert_eq!(f.getattr(ino).unwrap().size, 13);
+        let a = f.setattr(ino, SetAttr { size: Some(5), mode: Some(0o600), ..Default::default() }).unwrap();
+        assert_eq!((a.size, a.perm), (5, 0o600));
+        f.release(o.fh);
+        assert_eq!(walk(&f, name), Err(Errno::ENOENT));
+    }
+}
+
+#[test]
+fn open_never_meets_the_whiteout_a_concurrent_rename_leaves() {
+    let e = Env::new(1);
+    write(&e.l(0).join("f"), "init\n");
+    let f = Arc::new(e.mount());
+    let ino = walk(&f, "f").unwrap();
+    write_at(&f, "f", 0, "init\n", 0); // copied up: later opens go by the upper name
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renamer = {
+        let (f, stop) = (f.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for _ in 0..3000 {
+                f.rename(1, OsStr::new("f"), 1, OsStr::new("g"), 0).unwrap();
+                f.rename(1, OsStr::new("g"), 1, OsStr::new("f"), 0).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let mut opens = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) || opens == 0 {
+        let o = f.open(ino, libc::O_WRONLY | libc::O_APPEND).unwrap_or_else(|e| panic!("open during renames: {e:?}"));
+        f.release(o.fh);
+        opens += 1;
+    }
+    renamer.join().unwrap();
+    assert_eq!(read(&f, "f"), "init\n");
+}
+
+#[test]
+fn reading_a_directory_from_the_start_sees_renames_after_opendir() {
+    let e = Env::new(1);
+    write(&e.l(0).join("a/f"), "f");
+    fs::create_dir(e.l(0).join("b")).unwrap();
+    let f = e.mount();
+    let a = walk(&f, "a").unwrap();
+    let b = walk(&f, "b").unwrap();
+    let fh = f.opendir(b).unwrap();
+    f.rename(a, OsStr::new("f"), b, OsStr::new("g"), 0).unwrap();
+    let l: Vec<String> = f.readdir(fh, 0).unwrap().iter().map(|e| e.name.to_string_lossy().into_owned()).collect();
+    assert_eq!(l, vec![".", "..", "g"]);
+    f.releasedir(fh);
+}
+
+#[test]
+fn a_moved_metadata_only_copy_finds_its_data_through_its_redirect() {
+    // What a rootless mount leaves when it renames a metadata-only copy whose data it may
+    // not read (as root the rename copies the data instead, see below).
+    let e = Env::new(1);
+    write(&e.l(0).join("d/f"), "lower data");
+    let lino = fs::metadata(e.l(0).join("d/f")).unwrap().ino();
+    let up = e.u().join("h");
+    let file = fs::File::create(&up).unwrap();
+    file.set_len(10).unwrap();
+    drop(file);
+    let merged = (1u64 << 48) | lino;
+    set_user_xattr(&up, "user.overlay.metacopy", b"");
+    set_user_xattr(&up, "user.stacko.origin", merged.to_string().as_bytes());
+    set_user_xattr(&up, "user.overlay.redirect", b"/d/f");
+    whiteout(&e.u().join("d"));
+    let f = e.mount();
+    assert_eq!(walk(&f, "h").unwrap(), merged);
+    assert_eq!(read(&f, "h"), "lower data");
+    write_at(&f, "h", 0, "LOWER", 0);
+    assert_eq!(read(&f, "h"), "LOWER data");
+    assert!(get_xattr(&up, "user.overlay.metacopy").is_none());
+    assert!(get_xattr(&up, "user.overlay.redirect").is_none(), "kernel overlayfs refuses it on a full copy");
+    // as root, renaming a metadata-only copy copies its data: no redirect left
+    write(&e.l(0).join("x"), "xx");
+    let f = e.mount();
+    let x = walk(&f, "x").unwrap();
+    f.setattr(x, SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
+    f.rename(1, OsStr::new("x"), 1, OsStr::new("y"), 0).unwrap();
+    assert!(get_xattr(&e.u().join("y"), "user.overlay.redirect").is_none());
+    assert_eq!(read(&f, "y"), "xx");
+}
