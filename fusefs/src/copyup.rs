@@ -127,8 +127,23 @@ impl OverlayFs {
     }
 
     /// Copies `node` up (metadata only if `mode` is `Meta` and metacopy is on).
+    ///
+    /// A hard-linked lower file normally goes to the index with its data; when the mounting
+    /// user may not read that data (rootless, a root-only lower file), a metadata copy goes
+    /// there instead (as kernel overlayfs, mounted by root, would copy the data), so that a
+    /// metadata change or a rename of such a file does not fail for want of read permission.
     pub(crate) fn copy_up(&self, node: &Arc<Node>, mode: CopyMode) -> Result<()> {
-        self.copy_up_with(node, mode, false)
+        match self.copy_up_with(node, mode, false) {
+            Err(e)
+                if (e == Errno(libc::EACCES) || e == Errno(libc::EPERM))
+                    && mode == CopyMode::Meta
+                    && node.kind == Kind::File
+                    && self.cfg.metacopy =>
+            {
+                self.copy_up_with(node, mode, true).map_err(|_| e)
+            }
+            r => r,
+        }
     }
 
     /// [`Self::copy_up`]; with `meta_index`, a hard-linked file may go to the index as a
@@ -180,7 +195,7 @@ impl OverlayFs {
                     if meta_only {
                         sys::ftruncate(fd.as_raw_fd(), la.size)?;
                         sys::setxattr(XTarget::Fd(fd.as_raw_fd()), OsStr::new(xattr::USER_METACOPY), b"", 0)?;
-                    } else {
+                    } else if la.size > 0 {
                         let src = lower.open(lino)?;
                         copy_data(src.as_ref(), fd.as_raw_fd(), la.size)?;
                     }
@@ -232,6 +247,14 @@ impl OverlayFs {
             if indexed {
                 let iname = Upper::index_name(node.ino);
                 sys::setxattr(t, OsStr::new(xattr::NLINK), la.nlink.to_string().as_bytes(), 0)?;
+                if meta_only {
+                    // Its names may move or be made by link(2) later; the redirect (the lower
+                    // path of this name, which is one of the file's lower names) keeps its
+                    // data found from every name, and across a remount.
+                    let plp = self.node(parent)?.st().lpath.clone();
+                    let lp = crate::fs::join_lpath(plp.as_ref(), &name);
+                    sys::setxattr(t, OsStr::new(xattr::USER_REDIRECT), &lp, 0)?;
+                }
                 match sys::renameat2(work, &tmp, u.index_fd(), &iname, libc::RENAME_NOREPLACE) {
                     Ok(()) => {}
                     Err(Errno(libc::EEXIST)) => {

@@ -184,7 +184,8 @@ fn check_name(name: &OsStr) -> Result<()> {
     Ok(())
 }
 
-fn join_lpath(parent: Option<&Arc<[u8]>>, name: &OsStr) -> Arc<[u8]> {
+/// The lower path of `name` in a directory whose lower path is `parent` (`None`: the root).
+pub(crate) fn join_lpath(parent: Option<&Arc<[u8]>>, name: &OsStr) -> Arc<[u8]> {
     let mut v = parent.map(|p| p.to_vec()).unwrap_or_default();
     v.push(b'/');
     v.extend_from_slice(name.as_bytes());
@@ -1302,7 +1303,9 @@ impl OverlayFs {
     /// the moved file stays readable by kernel overlayfs without [`upper::prepare_for_kernel`]);
     /// if the mounting user may not read the data (rootless, a root-only lower file), records
     /// where the data is instead (`user.overlay.redirect`, the absolute lower path, as kernel
-    /// overlayfs does for metacopy files), so that the rename still works.
+    /// overlayfs does for metacopy files), so that the rename still works. For a hard-linked
+    /// file the mark is on its index entry, shared by all its names (any lower name of the
+    /// file leads to the same data).
     fn keep_metacopy_source(&self, node: &Arc<Node>, parent: &Node, name: &OsStr) -> Result<()> {
         if !node.st().metacopy {
             return Ok(());
@@ -1399,7 +1402,7 @@ impl OverlayFs {
         let ndir = self.copy_up_dir_chain(&np)?;
         let (ofd, nfd) = (odir.as_raw_fd(), ndir.as_raw_fd());
         self.ensure_upper_name(&src, &op, name)?;
-        if src.kind == Kind::File && !src.st().indexed {
+        if src.kind == Kind::File {
             self.keep_metacopy_source(&src, &op, name)?;
         }
         if src.kind == Kind::Dir {
@@ -1413,7 +1416,7 @@ impl OverlayFs {
         if exchange {
             let d = dst.as_ref().ok_or(Errno::ENOENT)?;
             self.ensure_upper_name(d, &np, newname)?;
-            if d.kind == Kind::File && !d.st().indexed {
+            if d.kind == Kind::File {
                 self.keep_metacopy_source(d, &np, newname)?;
             }
             if d.kind == Kind::Dir {

@@ -733,3 +733,82 @@ fn a_moved_metadata_only_copy_finds_its_data_through_its_redirect() {
     assert!(get_xattr(&e.u().join("y"), "user.overlay.redirect").is_none());
     assert_eq!(read(&f, "y"), "xx");
 }
+
+/// Runs `f` on a thread whose credentials (raw per-thread `setresuid`, not the libc
+/// wrapper that changes every thread) are those of an ordinary user, as in a rootless
+/// mount; `None` when the test process is not root and cannot switch.
+fn as_ordinary_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    std::thread::spawn(move || {
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresgid, uid, uid, uid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        f()
+    })
+    .join()
+    .ok()
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
+}
+
+#[test]
+fn rootless_exchange_of_a_lower_dir_with_an_unreadable_hard_linked_file() {
+    // rootless: `renameat2(d1, x, RENAME_EXCHANGE)` where x is a root-only (0600) lower
+    // file with two names; its data cannot be copied, so its index entry is a metadata copy
+    // (regression: the exchange failed with EACCES).
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new(1);
+    const UID: u32 = 65534;
+    fs::set_permissions(&e.root, fs::Permissions::from_mode(0o755)).unwrap();
+    write(&e.l(0).join("d1/a"), "a");
+    write(&e.l(0).join("x"), "secret");
+    fs::set_permissions(e.l(0).join("x"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::hard_link(e.l(0).join("x"), e.l(0).join("d1/xx")).unwrap();
+    chown(&e.u(), UID, UID);
+    chown(&e.root.join("w"), UID, UID);
+    let root = e.root.clone();
+    let lower = e.l(0);
+    let upper = e.u();
+    let r = as_ordinary_user(UID, move || {
+        let d = Arc::new(DirLower::open(&lower).unwrap()) as Arc<dyn Lower>;
+        let up = Upper::open(&upper, &root.join("w")).unwrap();
+        let f = OverlayFs::new(vec![d], Some(up), FsConfig::default()).unwrap();
+        assert_eq!(walk(&f, "x/a").err(), Some(Errno(libc::ENOTDIR)));
+        // a third name, made by link(2) and moved before any other name moves
+        let xino = walk(&f, "x").unwrap();
+        f.link(xino, 1, OsStr::new("l")).unwrap();
+        f.rename(1, OsStr::new("l"), 1, OsStr::new("m"), 0).unwrap();
+        assert_eq!(f.getattr(walk(&f, "m").unwrap()).unwrap().nlink, 3);
+        f.rename(1, OsStr::new("d1"), 1, OsStr::new("x"), libc::RENAME_EXCHANGE).unwrap();
+        let a = f.getattr(walk(&f, "d1").unwrap()).unwrap();
+        assert_eq!((a.kind, a.uid, a.perm, a.nlink, a.size), (Kind::File, 0, 0o600, 3, 6));
+        let x = f.getattr(walk(&f, "x").unwrap()).unwrap();
+        assert_eq!((x.kind, x.uid), (Kind::Dir, 0));
+        assert_eq!(names(&f, "x"), vec!["a", "xx"]);
+        let xx = f.getattr(walk(&f, "x/xx").unwrap()).unwrap();
+        assert_eq!((xx.ino, xx.nlink), (a.ino, 3));
+        // remounted, the same
+        drop(f);
+        let d = Arc::new(DirLower::open(&lower).unwrap()) as Arc<dyn Lower>;
+        let up = Upper::open(&upper, &root.join("w")).unwrap();
+        let f = OverlayFs::new(vec![d], Some(up), FsConfig::default()).unwrap();
+        let a2 = f.getattr(walk(&f, "d1").unwrap()).unwrap();
+        assert_eq!((a2.kind, a2.uid, a2.perm, a2.nlink, a2.size, a2.ino), (Kind::File, 0, 0o600, 3, 6, a.ino));
+        assert_eq!(f.getattr(walk(&f, "m").unwrap()).unwrap().ino, a.ino);
+        assert_eq!(names(&f, "x"), vec!["a", "xx"]);
+    });
+    if r.is_none() && unsafe { libc::geteuid() } == 0 {
+        panic!("the unprivileged part failed");
+    }
+    // what the root mount (able to read it) makes of it
+    let f = e.mount();
+    for name in ["d1", "m", "x/xx"] {
+        assert_eq!(read(&f, name), "secret", "{name}");
+    }
+}

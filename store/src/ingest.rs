@@ -7,7 +7,7 @@
 //! to sled, file content is streamed, and written objects are published in
 //! groups.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read};
@@ -28,6 +28,13 @@ use crate::xattr;
 
 /// Pending nodes + entries that trigger a batch write to sled.
 const BATCH_RECORDS: usize = 4096;
+
+/// Object rows pending in memory that trigger their write to sled (about
+/// 0.5 MB of digests). Rows are written sorted, many at a time: inserted
+/// one by one as objects came (keys that start with a digest land all over
+/// both trees), sled rewrote a leaf page every few rows and the store grew
+/// by several times the rows' own size.
+const ROW_BATCH: usize = 16384;
 
 /// Written objects that trigger a publish (db flush, syncfs, renames).
 const PUBLISH_OBJECTS: usize = 4096;
@@ -64,6 +71,9 @@ pub struct LayerBuilder<'s> {
     dirents: HashMap<(Ino, Vec<u8>), DirentRecord>,
     /// Objects written to temp files, not yet renamed into place.
     objects: Vec<PendingObject>,
+    /// Objects this layer uses whose rows are not written yet; pinned in
+    /// `store.object_lock` so that no purge deletes them meanwhile.
+    rows: BTreeSet<ObjectId>,
     bytes: u64,
     files: u64,
     finished: bool,
@@ -101,6 +111,7 @@ impl<'s> LayerBuilder<'s> {
             nodes: HashMap::new(),
             dirents: HashMap::new(),
             objects: Vec::new(),
+            rows: BTreeSet::new(),
             bytes: 0,
             files: 0,
             finished: false,
@@ -167,6 +178,26 @@ impl<'s> LayerBuilder<'s> {
         } else {
             let pending = self.store.objects.write_prefixed(&head, data)?;
             node.size = pending.len;
+            node.content = Content::Object(pending.id);
+            self.register_pending(pending)?;
+        }
+        self.insert_new(parent, name, node)
+    }
+
+    /// Adds a regular file whose content is the rest of `src` (a large
+    /// source file): copied into the object directory by the kernel while
+    /// another thread hashes it. `node.size` is set from the bytes copied.
+    pub fn add_file_copy(&mut self, parent: Ino, name: &[u8], mut node: Node, src: &File) -> Result<Ino> {
+        if node.kind != NodeKind::File {
+            return Err(Error::BadInput(format!("add_file_copy of a {:?}", node.kind)));
+        }
+        self.check_new_entry(parent, name)?;
+        let pending = self.store.objects.write_copy(src)?;
+        node.size = pending.len;
+        if pending.len == 0 {
+            node.content = Content::Empty;
+            pending.discard();
+        } else {
             node.content = Content::Object(pending.id);
             self.register_pending(pending)?;
         }
@@ -317,7 +348,8 @@ impl<'s> LayerBuilder<'s> {
     /// Records that this layer uses an object already in place (or already
     /// written by this builder); returns its length when it is in place.
     fn register_existing(&mut self, id: &ObjectId) -> Result<Option<u64>> {
-        let _guard = lock(&self.store.object_lock);
+        let store = self.store;
+        let mut pins = lock(&store.object_lock);
         let len = fs::metadata(self.store.objects.path(id))
             .ok()
             .map(|m| m.len());
@@ -327,7 +359,9 @@ impl<'s> LayerBuilder<'s> {
                 id.to_hex()
             )));
         }
-        self.insert_object_rows(id)?;
+        self.claim_object(&mut pins, id);
+        drop(pins);
+        self.maybe_write_rows()?;
         Ok(len)
     }
 
@@ -335,9 +369,10 @@ impl<'s> LayerBuilder<'s> {
     /// file for publishing unless the object is (or will be) in place anyway.
     fn register_pending(&mut self, mut obj: PendingObject) -> Result<()> {
         {
-            let _guard = lock(&self.store.object_lock);
+            let store = self.store;
+            let mut pins = lock(&store.object_lock);
             // Under the lock: no other layer can release the object between
-            // this check and the insertion of our rows.
+            // this check and our claim (a pin until our rows are written).
             let known = self.has_object_row(&obj.id)?;
             if known || self.store.objects.contains(&obj.id) {
                 if let Some(tmp) = obj.tmp.take() {
@@ -345,9 +380,10 @@ impl<'s> LayerBuilder<'s> {
                 }
             }
             if !known {
-                self.insert_object_rows(&obj.id)?;
+                self.claim_object(&mut pins, &obj.id);
             }
         }
+        self.maybe_write_rows()?;
         if obj.tmp.is_some() {
             self.objects.push(obj);
             if self.objects.len() >= PUBLISH_OBJECTS {
@@ -358,25 +394,69 @@ impl<'s> LayerBuilder<'s> {
     }
 
     fn has_object_row(&self, id: &ObjectId) -> Result<bool> {
-        Ok(self
+        Ok(self.rows.contains(id)
+            || self
             .store
             .layer_objects
             .contains_key(keys::layer_object(self.layer, id))?)
     }
 
-    fn insert_object_rows(&self, id: &ObjectId) -> Result<()> {
-        self.store
-            .layer_objects
-            .insert(keys::layer_object(self.layer, id), &[])?;
-        self.store
-            .object_layers
-            .insert(keys::object_layer(id, self.layer), &[])?;
+    /// Claims `id` for this layer: its rows wait in `rows`, the object
+    /// stays pinned in `pins` (the guarded `store.object_lock`) until written.
+    fn claim_object(&mut self, pins: &mut HashMap<ObjectId, u32>, id: &ObjectId) {
+        if self.rows.insert(*id) {
+            *pins.entry(*id).or_insert(0) += 1;
+        }
+    }
+
+    fn maybe_write_rows(&mut self) -> Result<()> {
+        if self.rows.len() >= ROW_BATCH {
+            self.write_rows()?;
+        }
         Ok(())
+    }
+
+    /// Writes the pending object rows to sled in key order, then unpins
+    /// their objects (the rows now protect them). Plain inserts: the rows
+    /// need no atomicity (the layer is not referenced before its commit),
+    /// and a `sled::Batch` of this size raised peak memory by 100+ MiB.
+    fn write_rows(&mut self) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        // `rows` is sorted by digest, so both trees' keys come in order.
+        for id in &self.rows {
+            self.store
+                .layer_objects
+                .insert(&keys::layer_object(self.layer, id)[..], &[][..])?;
+        }
+        for id in &self.rows {
+            self.store
+                .object_layers
+                .insert(&keys::object_layer(id, self.layer)[..], &[][..])?;
+        }
+        self.unpin_rows();
+        Ok(())
+    }
+
+    /// Forgets the pending rows and releases their pins.
+    fn unpin_rows(&mut self) {
+        let rows = std::mem::take(&mut self.rows);
+        let mut pins = lock(&self.store.object_lock);
+        for id in rows {
+            if let Some(n) = pins.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(&id);
+                }
+            }
+        }
     }
 
     /// Makes the object rows durable, then the temp files, then renames them
     /// into place (so no object file exists that no row accounts for).
     fn publish_objects(&mut self) -> Result<()> {
+        self.write_rows()?;
         self.store.flush()?;
         if self.objects.is_empty() {
             return Ok(());
@@ -417,6 +497,7 @@ impl Drop for LayerBuilder<'_> {
         for obj in self.objects.drain(..) {
             obj.discard();
         }
+        self.unpin_rows();
         self.nodes.clear();
         self.dirents.clear();
         // Best effort: whatever stays is removed at the next open.
@@ -564,7 +645,12 @@ impl<'s, 'p> Ingest<'s, 'p> {
             }
         }
         let mut node = node_from_meta(path, &meta)?;
-        let ino = if ft.is_file() {
+        let ino = if ft.is_file() && meta.len() >= COPY_IN_KERNEL_MIN {
+            let file = open_nofollow(path)?;
+            self.builder
+                .add_file_copy(parent, name, node, &file)
+                .map_err(|e| with_path(e, path))?
+        } else if ft.is_file() {
             let mut file = open_nofollow(path)?;
             let mut reader = PathReader {
                 file: &mut file,
@@ -585,6 +671,21 @@ impl<'s, 'p> Ingest<'s, 'p> {
         self.progress
             .advance(if ft.is_file() { meta.len() } else { 0 }, 1);
         Ok(None)
+    }
+}
+
+/// Source files of at least this many bytes are copied into the object
+/// directory inside the kernel (`copy_file_range`) and hashed alongside;
+/// smaller ones are streamed through a buffer.
+const COPY_IN_KERNEL_MIN: u64 = 1 << 20;
+
+/// Names the source file in an I/O error.
+fn with_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Io { context, source } => {
+            Error::io(format!("{context} ({})", path.display()), source)
+        }
+        other => other,
     }
 }
 

@@ -152,6 +152,29 @@ impl ObjectDir {
         }
     }
 
+    /// Copies the whole of `src` (from its current position) into a temp
+    /// object inside the kernel with `copy_file_range` (no trip through this
+    /// process), in chunks; a second thread hashes each chunk from the page
+    /// cache while the next one is copied, and writeback of each chunk starts
+    /// at once, so the final sync has little left to do. Falls back to
+    /// streaming where the kernel cannot copy between the two files. Always
+    /// keeps the temp file, as [`Self::write_prefixed`].
+    pub(crate) fn write_copy(&self, src: &File) -> Result<PendingObject> {
+        let (path, mut file) = self.create_temp()?;
+        match copy_and_hash(src, &mut file) {
+            Ok((id, len)) => Ok(PendingObject {
+                id,
+                len,
+                tmp: Some(path),
+            }),
+            Err(e) => {
+                drop(file);
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
     fn create_temp(&self) -> Result<(PathBuf, File)> {
         loop {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -160,6 +183,7 @@ impl ObjectDir {
                 .join(TMP_DIR)
                 .join(format!("{}-{n}", std::process::id()));
             let opened = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(0o444)
@@ -279,6 +303,126 @@ impl ObjectDir {
         }
         Ok(stats)
     }
+}
+
+/// Bytes per `copy_file_range` call in [`copy_and_hash`].
+const COPY_CHUNK: usize = 64 << 20;
+
+/// One `copy_file_range` of up to `len` bytes at the files' positions:
+/// `Ok(None)` when the kernel cannot copy between these files.
+fn copy_range(src: &File, dst: &File, len: usize) -> Result<Option<usize>> {
+    use std::os::unix::io::AsRawFd;
+    loop {
+        // SAFETY: a syscall on two open descriptors; null offsets use and
+        // advance the files' own positions.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                0,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => return Ok(None),
+            _ => return Err(Error::io("copying file content", e)),
+        }
+    }
+}
+
+/// Starts writeback of `len` bytes of `file` at `offset` (a hint: errors are
+/// left to the sync that follows).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a syscall on an open descriptor; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// Copies the rest of `src` into the empty `dst` (see [`ObjectDir::write_copy`])
+/// and returns the digest and length of what was copied.
+fn copy_and_hash(src: &File, dst: &mut File) -> Result<(ObjectId, u64)> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, u64)>();
+    let reader = dst
+        .try_clone()
+        .map_err(|e| Error::io("reopening an object", e))?;
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || -> Result<blake3::Hasher> {
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; BUF_SIZE];
+            for (start, len) in done_rx {
+                let mut at = start;
+                while at < start + len {
+                    let want = usize::try_from(start + len - at).unwrap_or(BUF_SIZE).min(BUF_SIZE);
+                    let n = read_full_at(&reader, &mut buf[..want], at)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    at += n as u64;
+                }
+            }
+            Ok(hasher)
+        });
+        let mut total = 0u64;
+        let copied = loop {
+            match copy_range(src, dst, COPY_CHUNK) {
+                Ok(Some(0)) => break Ok(true),
+                Ok(Some(n)) => {
+                    start_writeback(dst, total, n as u64);
+                    let _ = done_tx.send((total, n as u64));
+                    total += n as u64;
+                }
+                Ok(None) if total == 0 => break Ok(false),
+                Ok(None) => {
+                    break Err(Error::io(
+                        "copying file content",
+                        io::Error::from_raw_os_error(libc::EXDEV),
+                    ))
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(done_tx);
+        let hasher = hashing
+            .join()
+            .map_err(|_| Error::io("hashing an object", io::Error::other("hash thread panicked")))?;
+        match copied? {
+            true => Ok((ObjectId(*hasher?.finalize().as_bytes()), total)),
+            false => {
+                let mut src = src;
+                stream_into(dst, &[], &mut src)
+            }
+        }
+    })
+}
+
+/// `pread` until `buf` is full or the file ends.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("reading an object", e)),
+        }
+    }
+    Ok(done)
 }
 
 /// Copies `head` then `data` into `file`, hashing; returns digest and length.

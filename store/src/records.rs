@@ -13,7 +13,11 @@ use crate::error::{Error, Result};
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Files whose content is at most this many bytes are stored inline in sled.
-pub const INLINE_MAX: u64 = 4096;
+/// Kept small: inline content is not shared between images (each import of
+/// a tree would add all its small files to sled again, with sled's space
+/// overhead on top), whereas objects are stored once. Records written with
+/// a larger limit (4096 before) still read as they are.
+pub const INLINE_MAX: u64 = 256;
 
 /// The longest name (image, stackpoint, directory entry) in bytes.
 pub const NAME_MAX: usize = 255;

@@ -5,7 +5,7 @@
 //! process can open the store, so that lock serializes all image changes),
 //! followed by a flush.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -61,8 +61,11 @@ pub struct Store {
     pub(crate) active: Mutex<HashSet<LayerId>>,
     /// Serializes changes of image records (and garbage collection's view of them).
     pub(crate) image_lock: Mutex<()>,
-    /// Serializes "does any layer reference this object" with object removal.
-    pub(crate) object_lock: Mutex<()>,
+    /// Serializes "does any layer reference this object" with object removal;
+    /// taken while object files and rows are checked or changed. Holds the
+    /// objects that layer builders have claimed but whose rows they have not
+    /// written yet (a count per object): a purge never deletes those.
+    pub(crate) object_lock: Mutex<HashMap<ObjectId, u32>>,
 }
 
 /// How long to sleep between attempts to take the lock.
@@ -178,7 +181,7 @@ impl Store {
             db,
             active: Mutex::new(HashSet::new()),
             image_lock: Mutex::new(()),
-            object_lock: Mutex::new(()),
+            object_lock: Mutex::new(HashMap::new()),
         };
         create_private_dir(&store.checkouts_dir())?;
         store.collect_garbage()?;
@@ -529,9 +532,13 @@ impl Store {
     /// Removes the row (object, layer); deletes the object file if no other
     /// layer references it. Returns whether a file was deleted.
     fn release_object(&self, id: &ObjectId, layer: LayerId) -> Result<bool> {
-        let _guard = lock(&self.object_lock);
-        let mut shared = false;
+        let pins = lock(&self.object_lock);
+        // A builder that claimed the object will write its row later.
+        let mut shared = pins.contains_key(id);
         for key in self.object_layers.scan_prefix(id.0).keys() {
+            if shared {
+                break;
+            }
             if keys::be_u64(&key?[32..]) != Some(layer) {
                 shared = true;
                 break;

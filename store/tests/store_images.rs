@@ -450,3 +450,34 @@ fn second_open_is_locked_and_waits() {
         "the waiter opened the store once it was free"
     );
 }
+
+/// A builder writes its object rows later, in batches: an object it has
+/// claimed must survive the deletion of the only image that had a row for
+/// it in the meantime.
+#[test]
+fn object_claimed_by_a_builder_survives_deleting_its_last_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let src = tmp.path().join("src");
+    let data = bytes(42, 10_000);
+    write_tree(&src, &[("f", data.clone())]);
+    let store = open(&home);
+    let a = ingest(&store, &src);
+    store.commit_image("a", None, &a, ImageState::Sealed).unwrap();
+    let node = store
+        .lookup(a.layer, ROOT_INO, b"f")
+        .unwrap()
+        .map(|e| store.node(a.layer, e.ino).unwrap().unwrap())
+        .unwrap();
+    let mut builder = store.layer_builder().unwrap();
+    builder.add(ROOT_INO, b"g", node.clone()).unwrap();
+    store.delete_image("a").unwrap();
+    assert_eq!(objects_on_disk(&home), (1, 10_000));
+    let b = builder.finish().unwrap();
+    store.commit_image("b", None, &b, ImageState::Sealed).unwrap();
+    let e = store.lookup(b.layer, ROOT_INO, b"g").unwrap().unwrap();
+    let g = store.node(b.layer, e.ino).unwrap().unwrap();
+    assert_eq!(read_all(&store, &g), data);
+    store.delete_image("b").unwrap();
+    assert_eq!(objects_on_disk(&home), (0, 0));
+}

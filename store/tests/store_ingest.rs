@@ -347,3 +347,40 @@ fn wide_directory_lists_in_pages() {
     let node = store.node(img.layer, e.ino).unwrap().unwrap();
     assert_eq!(read_all(&store, &node), b"f01234");
 }
+
+/// Files of a MiB and more take the in-kernel copy path (`copy_file_range`
+/// while another thread hashes): content, digest and dedup must be exactly
+/// those of the streamed path.
+#[test]
+fn large_files_are_copied_in_kernel_and_hashed_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, src) = (tmp.path().join("home"), tmp.path().join("src"));
+    fs::create_dir(&src).unwrap();
+    // Sizes around the chunk and buffer boundaries of the copy and the hash.
+    let sizes = [1 << 20, (1 << 20) + 1, 3 * (1 << 20) - 7, (64 << 20) + 4097];
+    for (i, len) in sizes.iter().enumerate() {
+        fs::write(src.join(format!("f{i}")), bytes(i as u64 + 7, *len)).unwrap();
+    }
+    fs::write(src.join("same"), bytes(7, sizes[0])).unwrap(); // = f0
+    let store = Store::open(&home).unwrap();
+    let layer = ingest_dir(&store, &src, &NoProgress).unwrap();
+    store.commit_image("big", None, &layer, ImageState::Sealed).unwrap();
+    let nodes = walk_layer(&store, layer.layer);
+    for (i, len) in sizes.iter().enumerate() {
+        let (_, node) = &nodes[Path::new(&format!("f{i}"))];
+        let want = bytes(i as u64 + 7, *len);
+        let Content::Object(id) = &node.content else {
+            panic!("f{i} is not an object: {:?}", node.content)
+        };
+        assert_eq!(id.0, *blake3::hash(&want).as_bytes(), "digest of f{i}");
+        assert_eq!(node.size, *len as u64);
+        assert_eq!(read_all(&store, node), want, "content of f{i}");
+    }
+    assert_eq!(
+        nodes[Path::new("same")].1.content,
+        nodes[Path::new("f0")].1.content
+    );
+    let total: u64 = sizes.iter().map(|&l| l as u64).sum();
+    assert_eq!(objects_on_disk(&home), (sizes.len() as u64, total));
+    assert_eq!(temp_files(&home), 0);
+}

@@ -207,6 +207,25 @@ pub type NlinkJudge<'a> = &'a dyn Fn(&str, u64, u64) -> bool;
 
 /// Compares a kernel snapshot with an engine snapshot; returns human-readable differences.
 /// Inode numbers are not compared here (they are engine-specific); see [`ino_changes`].
+/// The xattrs whose values the observing user may read. A documented limit
+/// of running without privilege: kernel overlayfs copies up a lower file's
+/// xattrs with the mounter's (root's) rights, while a rootless FUSE server
+/// over plain lower directories has only the user's, so an xattr value the
+/// user cannot read (EACCES on both engines) is not copied by stacko. Values
+/// the user can read are compared; so are all values in the root tier, where
+/// EACCES never happens.
+fn readable_xattrs(
+    x: &SysResult<BTreeMap<String, SysResult<Vec<u8>>>>,
+) -> SysResult<BTreeMap<&String, &SysResult<Vec<u8>>>> {
+    match x {
+        Err(e) => Err(*e),
+        Ok(map) => Ok(map
+            .iter()
+            .filter(|(_, value)| !matches!(value, Err(libc::EACCES)))
+            .collect()),
+    }
+}
+
 pub fn compare(kernel: &Tree, engine: &Tree, nlink_ok: NlinkJudge) -> Vec<String> {
     let mut d = Vec::new();
     for (path, e) in engine {
@@ -291,7 +310,7 @@ pub fn compare(kernel: &Tree, engine: &Tree, nlink_ok: NlinkJudge) -> Vec<String
                 e.target.as_ref().map(show_res_bytes).unwrap_or_default()
             ));
         }
-        if k.xattrs != e.xattrs {
+        if readable_xattrs(&k.xattrs) != readable_xattrs(&e.xattrs) {
             f(format!(
                 "xattrs: kernel {} vs engine {}",
                 show_res(&k.xattrs),
