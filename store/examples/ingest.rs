@@ -22,7 +22,10 @@ fn main() -> ExitCode {
     };
     let run = || -> stacko_store::Result<()> {
         let mut opts = StoreOptions::default();
-        if let Some(mib) = std::env::var("STACKO_CACHE_MIB").ok().and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(mib) = std::env::var("STACKO_CACHE_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             opts.cache_bytes = mib << 20;
         }
         let store = Store::open_with(Path::new(home), &opts)?;

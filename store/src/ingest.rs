@@ -187,9 +187,18 @@ impl<'s> LayerBuilder<'s> {
     /// Adds a regular file whose content is the rest of `src` (a large
     /// source file): copied into the object directory by the kernel while
     /// another thread hashes it. `node.size` is set from the bytes copied.
-    pub fn add_file_copy(&mut self, parent: Ino, name: &[u8], mut node: Node, src: &File) -> Result<Ino> {
+    pub fn add_file_copy(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        mut node: Node,
+        src: &File,
+    ) -> Result<Ino> {
         if node.kind != NodeKind::File {
-            return Err(Error::BadInput(format!("add_file_copy of a {:?}", node.kind)));
+            return Err(Error::BadInput(format!(
+                "add_file_copy of a {:?}",
+                node.kind
+            )));
         }
         self.check_new_entry(parent, name)?;
         let pending = self.store.objects.write_copy(src)?;
@@ -396,9 +405,9 @@ impl<'s> LayerBuilder<'s> {
     fn has_object_row(&self, id: &ObjectId) -> Result<bool> {
         Ok(self.rows.contains(id)
             || self
-            .store
-            .layer_objects
-            .contains_key(keys::layer_object(self.layer, id))?)
+                .store
+                .object_layers
+                .contains_key(keys::object_layer(id, self.layer))?)
     }
 
     /// Claims `id` for this layer: its rows wait in `rows`, the object
@@ -424,12 +433,7 @@ impl<'s> LayerBuilder<'s> {
         if self.rows.is_empty() {
             return Ok(());
         }
-        // `rows` is sorted by digest, so both trees' keys come in order.
-        for id in &self.rows {
-            self.store
-                .layer_objects
-                .insert(&keys::layer_object(self.layer, id)[..], &[][..])?;
-        }
+        // `rows` is sorted by digest, so the keys come in order.
         for id in &self.rows {
             self.store
                 .object_layers

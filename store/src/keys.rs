@@ -26,7 +26,7 @@ pub fn dir_prefix(layer: LayerId, parent: Ino) -> [u8; 16] {
     node(layer, parent)
 }
 
-/// Prefix of everything a layer owns in `nodes`, `dirents` and `layer_objects`.
+/// Prefix of everything a layer owns in `nodes` and `dirents`.
 pub fn layer_prefix(layer: LayerId) -> [u8; 8] {
     layer.to_be_bytes()
 }
@@ -34,14 +34,6 @@ pub fn layer_prefix(layer: LayerId) -> [u8; 8] {
 /// `layers` tree key.
 pub fn layer(layer: LayerId) -> [u8; 8] {
     layer.to_be_bytes()
-}
-
-/// `layer_objects` tree: layer ‖ object digest.
-pub fn layer_object(layer: LayerId, obj: &ObjectId) -> [u8; 40] {
-    let mut k = [0u8; 40];
-    k[..8].copy_from_slice(&layer.to_be_bytes());
-    k[8..].copy_from_slice(&obj.0);
-    k
 }
 
 /// `object_layers` tree: object digest ‖ layer.

@@ -23,7 +23,6 @@
 //! | `layers`        | layer id                     | [`records::LayerRecord`] |
 //! | `nodes`         | layer ‖ ino                  | [`records::Node`] |
 //! | `dirents`       | layer ‖ parent ino ‖ name    | [`records::DirentRecord`] |
-//! | `layer_objects` | layer ‖ digest               | empty            |
 //! | `object_layers` | digest ‖ layer               | empty            |
 //! | `stackpoints`   | name (UTF-8)                 | [`stackpoints::StackpointRecord`] |
 //! | `instances`     | instance id (u64)            | [`stackpoints::InstanceRecord`] |

@@ -366,7 +366,9 @@ fn copy_and_hash(src: &File, dst: &mut File) -> Result<(ObjectId, u64)> {
             for (start, len) in done_rx {
                 let mut at = start;
                 while at < start + len {
-                    let want = usize::try_from(start + len - at).unwrap_or(BUF_SIZE).min(BUF_SIZE);
+                    let want = usize::try_from(start + len - at)
+                        .unwrap_or(BUF_SIZE)
+                        .min(BUF_SIZE);
                     let n = read_full_at(&reader, &mut buf[..want], at)?;
                     if n == 0 {
                         break;
@@ -397,9 +399,12 @@ fn copy_and_hash(src: &File, dst: &mut File) -> Result<(ObjectId, u64)> {
             }
         };
         drop(done_tx);
-        let hasher = hashing
-            .join()
-            .map_err(|_| Error::io("hashing an object", io::Error::other("hash thread panicked")))?;
+        let hasher = hashing.join().map_err(|_| {
+            Error::io(
+                "hashing an object",
+                io::Error::other("hash thread panicked"),
+            )
+        })?;
         match copied? {
             true => Ok((ObjectId(*hasher?.finalize().as_bytes()), total)),
             false => {

@@ -5,7 +5,7 @@
 //! process can open the store, so that lock serializes all image changes),
 //! followed by a flush.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::ingest::{LayerBuilder, LayerSummary};
 use crate::objects::{create_private_dir, ObjectDir};
 use crate::records::{
-    decode, encode, validate_name, ImageRecord, ImageState, LayerId, LayerRecord, LayerState,
-    ObjectId, Timestamp,
+    decode, encode, validate_name, Content, ImageRecord, ImageState, LayerId, LayerRecord,
+    LayerState, Node, ObjectId, Timestamp,
 };
 use crate::{gc, keys};
 
@@ -48,7 +48,6 @@ pub struct Store {
     pub(crate) layers: sled::Tree,
     pub(crate) nodes: sled::Tree,
     pub(crate) dirents: sled::Tree,
-    pub(crate) layer_objects: sled::Tree,
     pub(crate) object_layers: sled::Tree,
     /// Stackpoints by name (see [`crate::stackpoints`]).
     pub(crate) stackpoints: sled::Tree,
@@ -172,7 +171,6 @@ impl Store {
             layers: tree("layers")?,
             nodes: tree("nodes")?,
             dirents: tree("dirents")?,
-            layer_objects: tree("layer_objects")?,
             object_layers: tree("object_layers")?,
             stackpoints: tree("stackpoints")?,
             instances: tree("instances")?,
@@ -508,25 +506,38 @@ impl Store {
         Ok(removed)
     }
 
-    /// Drops the layer's object references; deletes objects left unreferenced.
+    /// Drops the layer's object references; deletes objects left
+    /// unreferenced. The objects are those its nodes name; for a layer whose
+    /// build was cut short, also those whose rows were written before the
+    /// nodes naming them (found by a scan of `object_layers`).
     fn purge_objects(&self, layer: LayerId) -> Result<u64> {
-        let prefix = keys::layer_prefix(layer);
-        let mut removed = 0;
-        loop {
-            let chunk = gc::first_keys(&self.layer_objects, &prefix)?;
-            if chunk.is_empty() {
-                return Ok(removed);
+        let mut ids = BTreeSet::new();
+        for item in self.nodes.scan_prefix(keys::layer_prefix(layer)) {
+            let (_, value) = item?;
+            let node: Node = decode("nodes", &value)?;
+            if let Content::Object(id) = node.content {
+                ids.insert(id);
             }
-            let mut batch = sled::Batch::default();
-            for key in chunk {
-                let id = object_of_key(&key)?;
-                if self.release_object(&id, layer)? {
-                    removed += 1;
-                }
-                batch.remove(key);
-            }
-            self.layer_objects.apply_batch(batch)?;
         }
+        let complete = match self.layers.get(keys::layer(layer))? {
+            Some(v) => decode::<LayerRecord>("layers", &v)?.state == LayerState::Live,
+            None => false,
+        };
+        if !complete {
+            for key in self.object_layers.iter().keys() {
+                let key = key?;
+                if keys::be_u64(&key[32..]) == Some(layer) {
+                    ids.insert(object_of_key(&key)?);
+                }
+            }
+        }
+        let mut removed = 0;
+        for id in ids {
+            if self.release_object(&id, layer)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the row (object, layer); deletes the object file if no other
@@ -578,16 +589,17 @@ impl Store {
     }
 }
 
-/// The object digest at the end of a `layer_objects` key.
+/// The object digest at the start of an `object_layers` key.
 fn object_of_key(key: &[u8]) -> Result<ObjectId> {
-    let tail: [u8; 32] = key
-        .get(8..40)
+    let head: [u8; 32] = key
+        .get(..32)
         .and_then(|t| t.try_into().ok())
+        .filter(|_| key.len() == 40)
         .ok_or(Error::Format {
-            tree: "layer_objects",
+            tree: "object_layers",
             detail: format!("key of {} bytes", key.len()),
         })?;
-    Ok(ObjectId(tail))
+    Ok(ObjectId(head))
 }
 
 /// What [`Store::collect_garbage`] removed.

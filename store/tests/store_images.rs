@@ -463,7 +463,9 @@ fn object_claimed_by_a_builder_survives_deleting_its_last_image() {
     write_tree(&src, &[("f", data.clone())]);
     let store = open(&home);
     let a = ingest(&store, &src);
-    store.commit_image("a", None, &a, ImageState::Sealed).unwrap();
+    store
+        .commit_image("a", None, &a, ImageState::Sealed)
+        .unwrap();
     let node = store
         .lookup(a.layer, ROOT_INO, b"f")
         .unwrap()
@@ -474,7 +476,9 @@ fn object_claimed_by_a_builder_survives_deleting_its_last_image() {
     store.delete_image("a").unwrap();
     assert_eq!(objects_on_disk(&home), (1, 10_000));
     let b = builder.finish().unwrap();
-    store.commit_image("b", None, &b, ImageState::Sealed).unwrap();
+    store
+        .commit_image("b", None, &b, ImageState::Sealed)
+        .unwrap();
     let e = store.lookup(b.layer, ROOT_INO, b"g").unwrap().unwrap();
     let g = store.node(b.layer, e.ino).unwrap().unwrap();
     assert_eq!(read_all(&store, &g), data);

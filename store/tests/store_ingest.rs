@@ -364,7 +364,9 @@ fn large_files_are_copied_in_kernel_and_hashed_right() {
     fs::write(src.join("same"), bytes(7, sizes[0])).unwrap(); // = f0
     let store = Store::open(&home).unwrap();
     let layer = ingest_dir(&store, &src, &NoProgress).unwrap();
-    store.commit_image("big", None, &layer, ImageState::Sealed).unwrap();
+    store
+        .commit_image("big", None, &layer, ImageState::Sealed)
+        .unwrap();
     let nodes = walk_layer(&store, layer.layer);
     for (i, len) in sizes.iter().enumerate() {
         let (_, node) = &nodes[Path::new(&format!("f{i}"))];
