@@ -12,15 +12,17 @@ use std::time::{Duration, Instant};
 use stacko_store::progress::Progress;
 
 use crate::api::{
-    Api, Backend, Dest, ExportRequest, ImageInfo, ImportRequest, InstanceInfo, NewStackpoint, RunPlan, Source,
-    StackpointInfo,
+    Api, Backend, Dest, ExportRequest, ImageInfo, ImportRequest, InstanceInfo, NewStackpoint,
+    RunPlan, Source, StackpointInfo,
 };
 use crate::buildid::build_id;
 use crate::channel::{Channel, Sender};
 use crate::daemon::check_socket_path;
 use crate::error::{Error, Result};
 use crate::home;
-use crate::protocol::{FrameError, Request, Response, StackpointRequest as S, WireDest, WirePath, WireSource};
+use crate::protocol::{
+    FrameError, Request, Response, StackpointRequest as S, WireDest, WirePath, WireSource,
+};
 
 /// How long [`Client::connect`] keeps trying to reach a daemon.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,7 +50,9 @@ fn is_gone(e: &FrameError) -> bool {
         FrameError::Truncated => true,
         FrameError::Io(e) => matches!(
             e.kind(),
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
         ),
         _ => false,
     }
@@ -70,7 +74,13 @@ fn handshake(home: &Path, sock: UnixStream) -> Result<Handshake> {
         };
     }
     match ch.recv::<Response>() {
-        Ok(Some((Response::Hello { build_id: theirs, pid }, _))) => {
+        Ok(Some((
+            Response::Hello {
+                build_id: theirs,
+                pid,
+            },
+            _,
+        ))) => {
             if theirs == build_id() {
                 Ok(Handshake::Ok(Client {
                     home: home.to_path_buf(),
@@ -78,7 +88,9 @@ fn handshake(home: &Path, sock: UnixStream) -> Result<Handshake> {
                     conn: Mutex::new((ch, tx)),
                 }))
             } else {
-                Ok(Handshake::OtherBuild(format!("daemon pid {pid} is build {theirs}")))
+                Ok(Handshake::OtherBuild(format!(
+                    "daemon pid {pid} is build {theirs}"
+                )))
             }
         }
         Ok(Some((Response::Error(e), _))) => Err(Error::Remote {
@@ -89,9 +101,9 @@ fn handshake(home: &Path, sock: UnixStream) -> Result<Handshake> {
             "the daemon answered the handshake with {other:?}"
         ))),
         Ok(None) => Ok(Handshake::Gone("the daemon closed the connection".into())),
-        Err(FrameError::Version { got }) => {
-            Ok(Handshake::OtherBuild(format!("daemon speaks protocol version {got}")))
-        }
+        Err(FrameError::Version { got }) => Ok(Handshake::OtherBuild(format!(
+            "daemon speaks protocol version {got}"
+        ))),
         Err(e) if is_gone(&e) => Ok(Handshake::Gone(e.to_string())),
         Err(e) => Err(e.into()),
     }
@@ -116,8 +128,12 @@ fn spawn_daemon(home: &Path) -> Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn()
-        .map_err(|e| Error::io(format!("cannot start the stacko daemon ({})", exe.display()), e))
+    cmd.spawn().map_err(|e| {
+        Error::io(
+            format!("cannot start the stacko daemon ({})", exe.display()),
+            e,
+        )
+    })
 }
 
 /// The error the daemon `pid` logged last, if any.
@@ -146,13 +162,17 @@ impl Client {
                 Ok(s) => match handshake(home, s)? {
                     Handshake::Ok(c) => return Ok(c),
                     Handshake::OtherBuild(why) => {
-                        waiting_for =
-                            format!("waiting for a daemon of another build to finish and exit: {why}")
+                        waiting_for = format!(
+                            "waiting for a daemon of another build to finish and exit: {why}"
+                        )
                     }
                     Handshake::Gone(why) => waiting_for = why,
                 },
                 Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) =>
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+                    ) =>
                 {
                     if let Some(c) = child.as_mut() {
                         match c.try_wait() {
@@ -201,7 +221,12 @@ impl Client {
                 Handshake::Ok(c) => Ok(Some(c)),
                 Handshake::OtherBuild(_) | Handshake::Gone(_) => Ok(None),
             },
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(Error::io(
@@ -230,7 +255,12 @@ impl Client {
     }
 
     /// Sends one request, relays progress, returns the final answer.
-    fn call(&self, req: &Request, fds: &[BorrowedFd<'_>], progress: &dyn Progress) -> Result<Response> {
+    fn call(
+        &self,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+        progress: &dyn Progress,
+    ) -> Result<Response> {
         let cmd = req.command();
         let lost = || {
             Error::Daemon(format!(
@@ -241,11 +271,19 @@ impl Client {
         };
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let (ch, tx) = &mut *conn;
-        tx.send(req, fds).map_err(|e| if is_gone(&e) { lost() } else { e.into() })?;
+        tx.send(req, fds)
+            .map_err(|e| if is_gone(&e) { lost() } else { e.into() })?;
         let (mut bytes, mut files, mut total) = (0u64, 0u64, None);
         loop {
             match ch.recv::<Response>() {
-                Ok(Some((Response::Progress { bytes: b, files: f, total: t }, _))) => {
+                Ok(Some((
+                    Response::Progress {
+                        bytes: b,
+                        files: f,
+                        total: t,
+                    },
+                    _,
+                ))) => {
                     if t != total {
                         if let Some(t) = t {
                             progress.set_total(t);
@@ -302,19 +340,31 @@ impl Api for Client {
     }
 
     fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        match self.call(&Request::ListImages, &[], &stacko_store::progress::NoProgress)? {
+        match self.call(
+            &Request::ListImages,
+            &[],
+            &stacko_store::progress::NoProgress,
+        )? {
             Response::Images(v) => Ok(v),
             other => Err(unexpected("list-images", other)),
         }
     }
 
     fn import_image(&self, req: ImportRequest, progress: &dyn Progress) -> Result<ImageInfo> {
-        let ImportRequest { name, parent, source } = req;
+        let ImportRequest {
+            name,
+            parent,
+            source,
+        } = req;
         let (source, fd) = match &source {
             Source::Path(p) => (WireSource::Path(absolute(p)?), None),
             Source::Fd(fd) => (WireSource::Fd, Some(fd.as_fd())),
         };
-        let req = Request::ImportImage { name, parent, source };
+        let req = Request::ImportImage {
+            name,
+            parent,
+            source,
+        };
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
         match self.call(&req, &fds, progress)? {
             Response::Image(i) => Ok(i),
@@ -323,7 +373,11 @@ impl Api for Client {
     }
 
     fn export_image(&self, req: ExportRequest, progress: &dyn Progress) -> Result<()> {
-        let ExportRequest { name, flatten, dest } = req;
+        let ExportRequest {
+            name,
+            flatten,
+            dest,
+        } = req;
         let (dest, fd) = match &dest {
             Dest::Path { path, force } => (
                 WireDest::Path {
@@ -334,7 +388,11 @@ impl Api for Client {
             ),
             Dest::Fd(fd) => (WireDest::Fd, Some(fd.as_fd())),
         };
-        let req = Request::ExportImage { name, flatten, dest };
+        let req = Request::ExportImage {
+            name,
+            flatten,
+            dest,
+        };
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
         match self.call(&req, &fds, progress)? {
             Response::Done => Ok(()),
@@ -343,7 +401,10 @@ impl Api for Client {
     }
 
     fn edit_image(&self, name: &str, backend: Option<Backend>) -> Result<PathBuf> {
-        let req = Request::EditImage { name: name.into(), backend };
+        let req = Request::EditImage {
+            name: name.into(),
+            backend,
+        };
         self.path_call("edit-image", &req)
     }
 
@@ -372,7 +433,10 @@ impl Api for Client {
     }
 
     fn new_instance(&self, name: &str, image: &str) -> Result<InstanceInfo> {
-        let req = Request::Stackpoint(S::NewInstance { name: name.into(), image: image.into() });
+        let req = Request::Stackpoint(S::NewInstance {
+            name: name.into(),
+            image: image.into(),
+        });
         match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
             Response::Instance(i) => Ok(i),
             other => Err(unexpected("new-stackpoint-instance", other)),
@@ -380,31 +444,53 @@ impl Api for Client {
     }
 
     fn set_instance(&self, name: &str, id: u64) -> Result<StackpointInfo> {
-        self.sp_call(S::SetInstance { name: name.into(), instance: id })
+        self.sp_call(S::SetInstance {
+            name: name.into(),
+            instance: id,
+        })
     }
 
     fn delete_instance(&self, name: &str, id: u64) -> Result<()> {
-        self.done_call(S::DeleteInstance { name: name.into(), instance: id })
+        self.done_call(S::DeleteInstance {
+            name: name.into(),
+            instance: id,
+        })
     }
 
     fn cutover(&self, name: &str, image: &str, reuse: bool) -> Result<StackpointInfo> {
-        self.sp_call(S::Cutover { name: name.into(), image: image.into(), reuse })
+        self.sp_call(S::Cutover {
+            name: name.into(),
+            image: image.into(),
+            reuse,
+        })
     }
 
     fn fallback(&self, name: &str, to: Option<u64>) -> Result<StackpointInfo> {
-        self.sp_call(S::Fallback { name: name.into(), to })
+        self.sp_call(S::Fallback {
+            name: name.into(),
+            to,
+        })
     }
 
     fn mount_stackpoint(&self, name: &str, backend: Option<Backend>) -> Result<StackpointInfo> {
-        self.sp_call(S::Mount { name: name.into(), backend })
+        self.sp_call(S::Mount {
+            name: name.into(),
+            backend,
+        })
     }
 
     fn umount_stackpoint(&self, name: &str, lazy: bool) -> Result<()> {
-        self.done_call(S::Umount { name: name.into(), lazy })
+        self.done_call(S::Umount {
+            name: name.into(),
+            lazy,
+        })
     }
 
     fn stackpoint_dir(&self, name: &str) -> Result<PathBuf> {
-        self.path_call("get-stackpoint-dir", &Request::Stackpoint(S::GetDir { name: name.into() }))
+        self.path_call(
+            "get-stackpoint-dir",
+            &Request::Stackpoint(S::GetDir { name: name.into() }),
+        )
     }
 
     fn is_stackpoint_mounted(&self, name: &str) -> Result<bool> {
@@ -424,7 +510,9 @@ impl Api for Client {
     }
 
     fn list_instances(&self, name: Option<&str>) -> Result<Vec<InstanceInfo>> {
-        let req = Request::Stackpoint(S::ListInstances { name: name.map(str::to_string) });
+        let req = Request::Stackpoint(S::ListInstances {
+            name: name.map(str::to_string),
+        });
         match self.call(&req, &[], &stacko_store::progress::NoProgress)? {
             Response::Instances(v) => Ok(v),
             other => Err(unexpected("list-instances", other)),

@@ -187,7 +187,12 @@ fn bind(sock: &Path) -> Result<(UnixListener, (u64, u64))> {
     match std::fs::remove_file(sock) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("cannot remove stale {}", sock.display()), e)),
+        Err(e) => {
+            return Err(Error::io(
+                format!("cannot remove stale {}", sock.display()),
+                e,
+            ))
+        }
     }
     // Single-threaded here: the umask makes the socket 0600 from the start.
     // SAFETY: umask only changes this process's file creation mask.
@@ -196,7 +201,8 @@ fn bind(sock: &Path) -> Result<(UnixListener, (u64, u64))> {
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let l = l.map_err(|e| Error::io(format!("cannot listen on {}", sock.display()), e))?;
-    let m = std::fs::metadata(sock).map_err(|e| Error::io(format!("cannot stat {}", sock.display()), e))?;
+    let m = std::fs::metadata(sock)
+        .map_err(|e| Error::io(format!("cannot stat {}", sock.display()), e))?;
     let _ = std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600));
     Ok((l, (m.dev(), m.ino())))
 }
@@ -231,7 +237,9 @@ fn spawn_session(daemon: &Arc<Daemon>, conn: UnixStream) {
             session::serve(&d, conn);
         });
     if let Err(e) = spawned {
-        daemon.log.line(format!("cannot start a session thread: {e}"));
+        daemon
+            .log
+            .line(format!("cannot start a session thread: {e}"));
         daemon.activity.leave();
     }
 }
@@ -292,7 +300,10 @@ pub fn run(home: &Path, opts: &DaemonOptions) -> Result<()> {
     let service = match Service::open(home) {
         Ok(s) => s,
         Err(e) => {
-            let msg = format!("the daemon cannot open the store in {}: {e}", home.display());
+            let msg = format!(
+                "the daemon cannot open the store in {}: {e}",
+                home.display()
+            );
             log.line(format!("error: {msg}"));
             refuse_queued(&listener, &msg);
             unlink_if_ours(&sock, sock_id);
@@ -343,7 +354,10 @@ pub fn run(home: &Path, opts: &DaemonOptions) -> Result<()> {
     drop(listener);
     daemon.activity.wait_idle();
     // The FUSE filesystems die with this process: unmount them cleanly.
-    daemon.service.fuse_mounts().unmount_all(&|line| daemon.log.line(line));
+    daemon
+        .service
+        .fuse_mounts()
+        .unmount_all(&|line| daemon.log.line(line));
     if let Err(e) = daemon.service.flush() {
         daemon.log.line(format!("flush: {e}"));
     }

@@ -20,7 +20,10 @@ fn cmsg_space(n: usize) -> usize {
 /// Sends all of `data` on `sock`, with `fds` attached to its first byte.
 pub fn send(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if fds.len() > MAX_FDS {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
     }
     if data.is_empty() {
         return Err(io::Error::new(

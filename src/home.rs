@@ -97,7 +97,10 @@ pub fn ensure(home: &Path) -> Result<()> {
             .mode(0o700)
             .create(home)
             .map_err(|e| Error::io(format!("cannot create stacko home {}", home.display()), e)),
-        Err(e) => Err(Error::io(format!("cannot use stacko home {}", home.display()), e)),
+        Err(e) => Err(Error::io(
+            format!("cannot use stacko home {}", home.display()),
+            e,
+        )),
     }
 }
 
@@ -118,12 +121,19 @@ mod tests {
     #[test]
     fn flag_wins_over_everything() {
         let e = env(&[("STACKO_HOME", "/s"), ("HOME", "/h")]);
-        assert_eq!(resolve_with(Some(Path::new("/f")), &e, 0).unwrap(), PathBuf::from("/f"));
+        assert_eq!(
+            resolve_with(Some(Path::new("/f")), &e, 0).unwrap(),
+            PathBuf::from("/f")
+        );
     }
 
     #[test]
     fn stacko_home_wins_over_defaults() {
-        let e = env(&[("STACKO_HOME", "/s"), ("HOME", "/h"), ("XDG_DATA_HOME", "/x")]);
+        let e = env(&[
+            ("STACKO_HOME", "/s"),
+            ("HOME", "/h"),
+            ("XDG_DATA_HOME", "/x"),
+        ]);
         assert_eq!(resolve_with(None, &e, 0).unwrap(), PathBuf::from("/s"));
         assert_eq!(resolve_with(None, &e, 1000).unwrap(), PathBuf::from("/s"));
     }
@@ -137,7 +147,10 @@ mod tests {
     #[test]
     fn user_defaults() {
         let e = env(&[("HOME", "/home/u"), ("XDG_DATA_HOME", "/x")]);
-        assert_eq!(resolve_with(None, &e, 1000).unwrap(), PathBuf::from("/x/stacko"));
+        assert_eq!(
+            resolve_with(None, &e, 1000).unwrap(),
+            PathBuf::from("/x/stacko")
+        );
         let e = env(&[("HOME", "/home/u"), ("XDG_DATA_HOME", "rel")]);
         assert_eq!(
             resolve_with(None, &e, 1000).unwrap(),

@@ -12,8 +12,8 @@ use stacko_store::progress::Progress;
 use stacko_store::{ingest, tar, validate_name, ImageState, LayerId};
 
 use crate::api::{
-    Api, Backend, Dest, ExportRequest, ImageInfo, ImportRequest, InstanceInfo, NewStackpoint, RunPlan, Source,
-    StackpointInfo,
+    Api, Backend, Dest, ExportRequest, ImageInfo, ImportRequest, InstanceInfo, NewStackpoint,
+    RunPlan, Source, StackpointInfo,
 };
 use crate::error::{Error, Result};
 use crate::service::{Cancel, Cancellable, NeverCancel, Service};
@@ -50,7 +50,11 @@ impl Service {
         progress: &dyn Progress,
         cancel: &dyn Cancel,
     ) -> Result<ImageInfo> {
-        let ImportRequest { name, parent, source } = req;
+        let ImportRequest {
+            name,
+            parent,
+            source,
+        } = req;
         let _shared = self.shared();
         // Names first: a bad name fails before any input is read.
         self.check_new(&name, parent.as_deref())?;
@@ -99,11 +103,13 @@ impl Service {
         let layer = built?;
         if cancel.confirm_cancelled() {
             self.store().discard_layer(&layer)?;
-            return Err(Error::Refused("the client went away: import abandoned".into()));
+            return Err(Error::Refused(
+                "the client went away: import abandoned".into(),
+            ));
         }
-        let rec = self
-            .store()
-            .commit_image(&name, parent.as_deref(), &layer, ImageState::Sealed)?;
+        let rec =
+            self.store()
+                .commit_image(&name, parent.as_deref(), &layer, ImageState::Sealed)?;
         Ok(ImageInfo::from(rec))
     }
 
@@ -115,7 +121,11 @@ impl Service {
         progress: &dyn Progress,
         cancel: &dyn Cancel,
     ) -> Result<()> {
-        let ExportRequest { name, flatten, dest } = req;
+        let ExportRequest {
+            name,
+            flatten,
+            dest,
+        } = req;
         validate_name(&name)?;
         let _shared = self.shared();
         let chain = self.store().image_chain(&name)?;
@@ -127,7 +137,10 @@ impl Service {
             .into());
         };
         let (layers, total): (Vec<LayerId>, u64) = if flatten {
-            (chain.iter().map(|r| r.layer).collect(), chain.iter().map(|r| r.size).sum())
+            (
+                chain.iter().map(|r| r.layer).collect(),
+                chain.iter().map(|r| r.size).sum(),
+            )
         } else {
             (vec![top.layer], top.size)
         };
@@ -159,14 +172,18 @@ impl Service {
                     cancel,
                 };
                 tar::export_tar(self.store(), &layers, flatten, &mut out, progress)?;
-                let file = out
-                    .inner
-                    .into_inner()
-                    .map_err(|e| Error::io(format!("cannot write {}", tmp.path.display()), e.into_error()))?;
+                let file = out.inner.into_inner().map_err(|e| {
+                    Error::io(
+                        format!("cannot write {}", tmp.path.display()),
+                        e.into_error(),
+                    )
+                })?;
                 file.sync_all()
                     .map_err(|e| Error::io(format!("cannot write {}", tmp.path.display()), e))?;
                 if cancel.confirm_cancelled() {
-                    return Err(Error::Refused("the client went away: export abandoned".into()));
+                    return Err(Error::Refused(
+                        "the client went away: export abandoned".into(),
+                    ));
                 }
                 tmp.persist(&path, force)
             }
@@ -189,11 +206,15 @@ impl TempFile {
             return Err(Error::Invalid(format!("{shown} is not a file name")));
         };
         if dest.as_os_str().as_bytes().ends_with(b"/") {
-            return Err(Error::Invalid(format!("{shown} is a directory: give a file name")));
+            return Err(Error::Invalid(format!(
+                "{shown} is a directory: give a file name"
+            )));
         }
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => {
-                return Err(Error::Invalid(format!("{shown} is a directory: give a file name")))
+                return Err(Error::Invalid(format!(
+                    "{shown} is a directory: give a file name"
+                )))
             }
             Ok(_) if !force => {
                 return Err(Error::Exists(format!(
@@ -322,7 +343,12 @@ impl Api for Service {
     }
 
     fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        Ok(self.store().images()?.into_iter().map(ImageInfo::from).collect())
+        Ok(self
+            .store()
+            .images()?
+            .into_iter()
+            .map(ImageInfo::from)
+            .collect())
     }
 
     fn import_image(&self, req: ImportRequest, progress: &dyn Progress) -> Result<ImageInfo> {
@@ -432,8 +458,16 @@ mod tests {
             source: Source::Path(src),
         };
         let info = s.import_image(req, &NoProgress).unwrap();
-        assert_eq!((info.files, info.size, info.state), (2, 10_001, ImageState::Sealed));
-        let names: Vec<String> = s.list_images().unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(
+            (info.files, info.size, info.state),
+            (2, 10_001, ImageState::Sealed)
+        );
+        let names: Vec<String> = s
+            .list_images()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
         assert_eq!(names, ["app", "base"]);
         let e = s.delete_image("base").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Refused);
@@ -448,7 +482,10 @@ mod tests {
         let export = |force| ExportRequest {
             name: "app".into(),
             flatten: false,
-            dest: Dest::Path { path: dest.clone(), force },
+            dest: Dest::Path {
+                path: dest.clone(),
+                force,
+            },
         };
         s.export_image(export(false), &NoProgress).unwrap();
         let first = fs::read(&dest).unwrap();
@@ -510,17 +547,30 @@ mod tests {
         let req = ExportRequest {
             name: "missing".into(),
             flatten: false,
-            dest: Dest::Path { path: dir.join("x.tar"), force: false },
+            dest: Dest::Path {
+                path: dir.join("x.tar"),
+                force: false,
+            },
         };
-        assert_eq!(s.export_image(req, &NoProgress).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(
+            s.export_image(req, &NoProgress).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
         s.new_image("img", None).unwrap();
         let cancel = std::sync::atomic::AtomicBool::new(true);
         let req = ExportRequest {
             name: "img".into(),
             flatten: false,
-            dest: Dest::Path { path: dir.join("y.tar"), force: false },
+            dest: Dest::Path {
+                path: dir.join("y.tar"),
+                force: false,
+            },
         };
         assert!(s.export_image_with(req, &NoProgress, &cancel).is_err());
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "a temp or partial file was left");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            0,
+            "a temp or partial file was left"
+        );
     }
 }

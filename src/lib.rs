@@ -43,8 +43,8 @@ pub mod storelower;
 use std::path::Path;
 
 pub use api::{
-    Api, Backend, Dest, ExportRequest, ImageInfo, ImportRequest, InstanceInfo, NewStackpoint, RunPlan, Source,
-    StackpointInfo,
+    Api, Backend, Dest, ExportRequest, ImageInfo, ImportRequest, InstanceInfo, NewStackpoint,
+    RunPlan, Source, StackpointInfo,
 };
 pub use client::Client;
 pub use error::{Error, ErrorKind, Result};

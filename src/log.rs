@@ -21,7 +21,10 @@ impl Log {
     /// Opens (appending) the log at `path`, rotating it when large. A log
     /// that cannot be opened is not an error: lines then go only to stderr.
     pub fn open(path: &Path, stderr: bool) -> Log {
-        if std::fs::metadata(path).map(|m| m.len() > LOG_ROTATE_BYTES).unwrap_or(false) {
+        if std::fs::metadata(path)
+            .map(|m| m.len() > LOG_ROTATE_BYTES)
+            .unwrap_or(false)
+        {
             let _ = std::fs::rename(path, path.with_extension("log.old"));
         }
         let file = OpenOptions::new()
@@ -63,7 +66,9 @@ impl Log {
 
 /// The current time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn utc_now() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     utc(d.as_secs() as i64, d.subsec_millis())
 }
 

@@ -412,7 +412,10 @@ mod tests {
             name: "apps-1.0".into(),
             parent: Some("base".into()),
             state: ImageState::Sealed,
-            created: Timestamp { sec: 1_700_000_000, nsec: 5 },
+            created: Timestamp {
+                sec: 1_700_000_000,
+                nsec: 5,
+            },
             size: 1 << 40,
             files: 3,
         }
@@ -426,7 +429,9 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        roundtrip(Request::Hello { build_id: "b".into() });
+        roundtrip(Request::Hello {
+            build_id: "b".into(),
+        });
         roundtrip(Request::ImportImage {
             name: "n".into(),
             parent: None,
@@ -439,7 +444,11 @@ mod tests {
         });
         roundtrip(Request::Stackpoint(StackpointRequest::List));
         roundtrip(Response::Images(vec![info(), info()]));
-        roundtrip(Response::Progress { bytes: 7, files: 1, total: None });
+        roundtrip(Response::Progress {
+            bytes: 7,
+            files: 1,
+            total: None,
+        });
         roundtrip(Response::Error(WireError {
             kind: ErrorKind::Exists,
             message: "image \"x\" already exists".into(),
@@ -459,8 +468,14 @@ mod tests {
         let mut s = encode_frame(&Request::ListImages).unwrap();
         s.extend(encode_frame(&Request::Shutdown).unwrap());
         let mut c = Cursor::new(s);
-        assert_eq!(read_frame::<Request>(&mut c).unwrap(), Some(Request::ListImages));
-        assert_eq!(read_frame::<Request>(&mut c).unwrap(), Some(Request::Shutdown));
+        assert_eq!(
+            read_frame::<Request>(&mut c).unwrap(),
+            Some(Request::ListImages)
+        );
+        assert_eq!(
+            read_frame::<Request>(&mut c).unwrap(),
+            Some(Request::Shutdown)
+        );
         assert_eq!(read_frame::<Request>(&mut c).unwrap(), None);
     }
 
@@ -474,7 +489,10 @@ mod tests {
             Err(FrameError::Version { got }) => assert_eq!(got, PROTOCOL_VERSION + 1),
             other => panic!("expected a version error, got {other:?}"),
         }
-        assert_eq!(read_frame::<Request>(&mut c).unwrap(), Some(Request::Shutdown));
+        assert_eq!(
+            read_frame::<Request>(&mut c).unwrap(),
+            Some(Request::Shutdown)
+        );
     }
 
     #[test]
@@ -494,25 +512,48 @@ mod tests {
         let mut a = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
         a.push(PROTOCOL_VERSION);
         let mut c = Cursor::new(a);
-        assert!(matches!(read_frame::<Request>(&mut c), Err(FrameError::Size(_))));
-        assert_eq!(c.position(), 4, "the body of an oversize frame must not be read");
+        assert!(matches!(
+            read_frame::<Request>(&mut c),
+            Err(FrameError::Size(_))
+        ));
+        assert_eq!(
+            c.position(),
+            4,
+            "the body of an oversize frame must not be read"
+        );
         let z = 0u32.to_be_bytes().to_vec();
-        assert!(matches!(read_frame::<Request>(&mut Cursor::new(z)), Err(FrameError::Size(0))));
-        let huge = Request::NewImage { name: "x".repeat(MAX_FRAME), parent: None };
+        assert!(matches!(
+            read_frame::<Request>(&mut Cursor::new(z)),
+            Err(FrameError::Size(0))
+        ));
+        let huge = Request::NewImage {
+            name: "x".repeat(MAX_FRAME),
+            parent: None,
+        };
         assert!(matches!(encode_frame(&huge), Err(FrameError::Size(_))));
     }
 
     #[test]
     fn truncated_and_garbage_frames_are_errors() {
-        let a = encode_frame(&Request::NewImage { name: "abc".into(), parent: None }).unwrap();
+        let a = encode_frame(&Request::NewImage {
+            name: "abc".into(),
+            parent: None,
+        })
+        .unwrap();
         for cut in [2, 5, a.len() - 1] {
             assert!(
-                matches!(read_frame::<Request>(&mut Cursor::new(&a[..cut])), Err(FrameError::Truncated)),
+                matches!(
+                    read_frame::<Request>(&mut Cursor::new(&a[..cut])),
+                    Err(FrameError::Truncated)
+                ),
                 "cut at {cut}"
             );
         }
         let mut g = 3u32.to_be_bytes().to_vec();
         g.extend([PROTOCOL_VERSION, 250, 250]);
-        assert!(matches!(read_frame::<Request>(&mut Cursor::new(g)), Err(FrameError::Decode(_))));
+        assert!(matches!(
+            read_frame::<Request>(&mut Cursor::new(g)),
+            Err(FrameError::Decode(_))
+        ));
     }
 }

@@ -14,8 +14,10 @@ use crate::buildid::build_id;
 use crate::channel::{Channel, Sender};
 use crate::daemon::Daemon;
 use crate::error::Error;
+use crate::protocol::{
+    FrameError, Request, Response, StackpointRequest, WireDest, WireError, WirePath, WireSource,
+};
 use crate::service::Cancel;
-use crate::protocol::{FrameError, Request, Response, StackpointRequest, WireDest, WireError, WirePath, WireSource};
 
 /// How long a new connection may take to say hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,12 +118,20 @@ fn stackpoint(svc: &crate::Service, req: StackpointRequest) -> Result<Response, 
     match req {
         S::New(r) => svc.new_stackpoint(&r).map(Response::Stackpoint),
         S::Delete { name } => svc.delete_stackpoint(&name).map(|()| Response::Done),
-        S::Cutover { name, image, reuse } => svc.cutover(&name, &image, reuse).map(Response::Stackpoint),
+        S::Cutover { name, image, reuse } => {
+            svc.cutover(&name, &image, reuse).map(Response::Stackpoint)
+        }
         S::Fallback { name, to } => svc.fallback(&name, to).map(Response::Stackpoint),
         S::NewInstance { name, image } => svc.new_instance(&name, &image).map(Response::Instance),
-        S::SetInstance { name, instance } => svc.set_instance(&name, instance).map(Response::Stackpoint),
-        S::DeleteInstance { name, instance } => svc.delete_instance(&name, instance).map(|()| Response::Done),
-        S::Mount { name, backend } => svc.mount_stackpoint(&name, backend).map(Response::Stackpoint),
+        S::SetInstance { name, instance } => {
+            svc.set_instance(&name, instance).map(Response::Stackpoint)
+        }
+        S::DeleteInstance { name, instance } => svc
+            .delete_instance(&name, instance)
+            .map(|()| Response::Done),
+        S::Mount { name, backend } => svc
+            .mount_stackpoint(&name, backend)
+            .map(Response::Stackpoint),
         S::Umount { name, lazy } => svc.umount_stackpoint(&name, lazy).map(|()| Response::Done),
         S::GetDir { name } => svc.stackpoint_dir(&name).map(path),
         S::IsMounted { name } => svc.is_stackpoint_mounted(&name).map(Response::Bool),
@@ -144,19 +154,31 @@ fn dispatch(daemon: &Daemon, req: Request, fds: Vec<OwnedFd>, tx: &Sender) -> Re
         }
         Request::DeleteImage { name } => svc.delete_image(&name).map(|()| Response::Done),
         Request::ListImages => svc.list_images().map(Response::Images),
-        Request::ImportImage { name, parent, source } => {
+        Request::ImportImage {
+            name,
+            parent,
+            source,
+        } => {
             let source = match source {
                 WireSource::Path(p) => Ok(Source::Path(p.to_path())),
                 WireSource::Fd => one_fd(fds, "import-image").map(Source::Fd),
             };
             source.and_then(|source| {
                 let progress = WireProgress::new(tx);
-                let req = ImportRequest { name, parent, source };
+                let req = ImportRequest {
+                    name,
+                    parent,
+                    source,
+                };
                 svc.import_image_with(req, &progress, &progress)
                     .map(Response::Image)
             })
         }
-        Request::ExportImage { name, flatten, dest } => {
+        Request::ExportImage {
+            name,
+            flatten,
+            dest,
+        } => {
             let dest = match dest {
                 WireDest::Path { path, force } => Ok(Dest::Path {
                     path: path.to_path(),
@@ -166,7 +188,11 @@ fn dispatch(daemon: &Daemon, req: Request, fds: Vec<OwnedFd>, tx: &Sender) -> Re
             };
             dest.and_then(|dest| {
                 let progress = WireProgress::new(tx);
-                let req = ExportRequest { name, flatten, dest };
+                let req = ExportRequest {
+                    name,
+                    flatten,
+                    dest,
+                };
                 svc.export_image_with(req, &progress, &progress)
                     .map(|()| Response::Done)
             })
@@ -245,9 +271,10 @@ pub fn serve(daemon: &Daemon, conn: UnixStream) {
             Response::Error(e) => format!("error: {}", e.message),
             _ => "ok".into(),
         };
-        daemon
-            .log
-            .line(format!("{cmd}: {outcome} ({:.3} s)", started.elapsed().as_secs_f64()));
+        daemon.log.line(format!(
+            "{cmd}: {outcome} ({:.3} s)",
+            started.elapsed().as_secs_f64()
+        ));
         if tx.send(&resp, &[]).is_err() {
             return;
         }

@@ -176,7 +176,11 @@ fn images_command(home: &Path, command: Command) -> Result<()> {
             };
             print(&text)
         }
-        Command::ImportImage { name, source, parent } => {
+        Command::ImportImage {
+            name,
+            source,
+            parent,
+        } => {
             let source = if is_dash(&source) {
                 let stdin = std::io::stdin();
                 if stdin.is_terminal() {
@@ -185,7 +189,12 @@ fn images_command(home: &Path, command: Command) -> Result<()> {
                          or give a file or directory instead of `-`"
                     );
                 }
-                Source::Fd(stdin.as_fd().try_clone_to_owned().context("cannot use stdin")?)
+                Source::Fd(
+                    stdin
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .context("cannot use stdin")?,
+                )
             } else {
                 Source::Path(source)
             };
@@ -195,7 +204,14 @@ fn images_command(home: &Path, command: Command) -> Result<()> {
                 Some(b) => b,
                 None => &NoProgress,
             };
-            let info = api.import_image(ImportRequest { name, parent, source }, progress);
+            let info = api.import_image(
+                ImportRequest {
+                    name,
+                    parent,
+                    source,
+                },
+                progress,
+            );
             if let Some(b) = &bar {
                 b.finish();
             }
@@ -221,7 +237,12 @@ fn images_command(home: &Path, command: Command) -> Result<()> {
                          output to a file or a pipe, or give a file name instead of `-`"
                     );
                 }
-                Dest::Fd(stdout.as_fd().try_clone_to_owned().context("cannot use stdout")?)
+                Dest::Fd(
+                    stdout
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .context("cannot use stdout")?,
+                )
             } else {
                 Dest::Path { path: dest, force }
             };
@@ -231,7 +252,14 @@ fn images_command(home: &Path, command: Command) -> Result<()> {
                 Some(b) => b,
                 None => &NoProgress,
             };
-            let done = api.export_image(ExportRequest { name, flatten, dest }, progress);
+            let done = api.export_image(
+                ExportRequest {
+                    name,
+                    flatten,
+                    dest,
+                },
+                progress,
+            );
             if let Some(b) = &bar {
                 b.finish();
             }

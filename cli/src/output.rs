@@ -211,8 +211,16 @@ pub fn images_tree(images: &[ImageInfo]) -> String {
             i.files
         ));
     }
-    fn walk(out: &mut String, i: &ImageInfo, prefix: &str, kids: &BTreeMap<&str, Vec<&ImageInfo>>, depth: usize) {
-        let Some(children) = kids.get(i.name.as_str()) else { return };
+    fn walk(
+        out: &mut String,
+        i: &ImageInfo,
+        prefix: &str,
+        kids: &BTreeMap<&str, Vec<&ImageInfo>>,
+        depth: usize,
+    ) {
+        let Some(children) = kids.get(i.name.as_str()) else {
+            return;
+        };
         if depth > 10_000 {
             return;
         }
@@ -256,7 +264,14 @@ mod tests {
 
     #[test]
     fn table_aligns() {
-        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]], &[1]);
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+            &[1],
+        );
         assert_eq!(t, "A    BB\nxyz   1\nq    22\n");
     }
 
@@ -280,7 +295,10 @@ mod tests {
 
     #[test]
     fn local_time_has_an_offset() {
-        let (table, iso) = local_time(Timestamp { sec: 1_700_000_000, nsec: 0 });
+        let (table, iso) = local_time(Timestamp {
+            sec: 1_700_000_000,
+            nsec: 0,
+        });
         assert_eq!(table.len(), 19);
         assert_eq!(iso.len(), 25, "{iso}");
         assert_eq!(&table[..10], &iso[..10]);

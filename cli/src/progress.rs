@@ -19,7 +19,9 @@ impl Bar {
             return None;
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} {binary_bytes} {msg} ({elapsed})") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} {prefix} {binary_bytes} {msg} ({elapsed})")
+        {
             bar.set_style(style);
         }
         bar.set_prefix(verb);

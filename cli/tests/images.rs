@@ -171,9 +171,22 @@ fn assert_clean_failure<S: AsRef<OsStr>>(out: &Output, args: &[S]) -> String {
         "stacko {} should fail with 1; stderr: {err}",
         show(args)
     );
-    assert!(out.stdout.is_empty(), "stacko {}: stdout not empty", show(args));
-    assert_eq!(err.lines().count(), 1, "stacko {}: not one line: {err:?}", show(args));
-    assert!(err.starts_with("stacko: error: "), "stacko {}: {err:?}", show(args));
+    assert!(
+        out.stdout.is_empty(),
+        "stacko {}: stdout not empty",
+        show(args)
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "stacko {}: not one line: {err:?}",
+        show(args)
+    );
+    assert!(
+        err.starts_with("stacko: error: "),
+        "stacko {}: {err:?}",
+        show(args)
+    );
     assert!(!err.contains("panicked"), "{err}");
     err
 }
@@ -192,7 +205,9 @@ fn cstr(p: &Path) -> CString {
 fn sample_tree(root: &Path) {
     write(root, "hello.txt", b"hello\n");
     write(root, "empty", b"");
-    let big: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     write(root, "big.bin", &big);
     write(root, "sub/dir/deep.txt", b"deep\n");
     fs::create_dir_all(root.join("emptydir")).unwrap();
@@ -244,7 +259,11 @@ fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn tar_names(archive: &Path) -> Vec<String> {
-    let out = Command::new("tar").arg("-tf").arg(archive).output().unwrap();
+    let out = Command::new("tar")
+        .arg("-tf")
+        .arg(archive)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let mut v: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
@@ -273,7 +292,10 @@ fn wait_with_patience(mut child: Child) -> Output {
 #[test]
 fn new_list_delete() {
     let h = Home::new();
-    assert_eq!(h.ok(&["list-images"]), "NAME  PARENT  STATE  SIZE  FILES  CREATED\n");
+    assert_eq!(
+        h.ok(&["list-images"]),
+        "NAME  PARENT  STATE  SIZE  FILES  CREATED\n"
+    );
     assert_eq!(h.ok(&["list-images", "--json"]).trim(), "[]");
     assert_eq!(h.ok(&["new-image", "base"]), "");
     h.ok(&["new-image", "apps-1.0", "base"]);
@@ -284,9 +306,16 @@ fn new_list_delete() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 5, "{table}");
     let head: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(head, ["NAME", "PARENT", "STATE", "SIZE", "FILES", "CREATED"]);
+    assert_eq!(
+        head,
+        ["NAME", "PARENT", "STATE", "SIZE", "FILES", "CREATED"]
+    );
     let row: Vec<&str> = lines[2].split_whitespace().collect();
-    assert_eq!(&row[..6], ["apps-1.1", "apps-1.0", "open", "0", "B", "0"], "{table}");
+    assert_eq!(
+        &row[..6],
+        ["apps-1.1", "apps-1.0", "open", "0", "B", "0"],
+        "{table}"
+    );
     // Columns line up: every row's PARENT starts where the header's does.
     let col = lines[0].find("PARENT").unwrap();
     for l in &lines[1..] {
@@ -309,15 +338,26 @@ fn new_list_delete() {
     assert_eq!(imgs[0]["parent"], "base");
 
     let tree = h.ok(&["list-images", "--tree"]);
-    let shape: Vec<&str> = tree.lines().map(|l| l.split("  (").next().unwrap()).collect();
-    assert_eq!(shape, ["base", "├── apps-1.0", "│   └── apps-1.1", "└── tools"], "{tree}");
+    let shape: Vec<&str> = tree
+        .lines()
+        .map(|l| l.split("  (").next().unwrap())
+        .collect();
+    assert_eq!(
+        shape,
+        ["base", "├── apps-1.0", "│   └── apps-1.1", "└── tools"],
+        "{tree}"
+    );
     let tj: Value = serde_json::from_str(&h.ok(&["list-images", "--tree", "--json"])).unwrap();
     assert_eq!(tj[0]["name"], "base");
     assert_eq!(tj[0]["children"][0]["children"][0]["name"], "apps-1.1");
 
     h.ok(&["delete-image", "apps-1.1"]);
     h.ok(&["delete-image", "tools"]);
-    let names: Vec<String> = h.images().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = h
+        .images()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["apps-1.0", "base"]);
 }
 
@@ -349,7 +389,11 @@ fn bad_names_fail_cleanly_and_change_nothing() {
     for name in bad {
         h.fail(&["new-image", name]);
         h.fail(&["new-image", "fine", name]);
-        h.fail(&[OsStr::new("import-image"), OsStr::new(name), src.as_os_str()]);
+        h.fail(&[
+            OsStr::new("import-image"),
+            OsStr::new(name),
+            src.as_os_str(),
+        ]);
         h.fail(&[
             OsStr::new("import-image"),
             OsStr::new("fine"),
@@ -359,7 +403,11 @@ fn bad_names_fail_cleanly_and_change_nothing() {
         ]);
         h.fail(&["delete-image", name]);
         h.fail(&["export-image", name, "-"]);
-        assert_eq!(h.ok(&["list-images", "--json"]), before, "after name {name:?}");
+        assert_eq!(
+            h.ok(&["list-images", "--json"]),
+            before,
+            "after name {name:?}"
+        );
     }
     // 255 bytes is still a valid name.
     let max = "y".repeat(255);
@@ -397,7 +445,10 @@ fn missing_parent_and_existing_name() {
     h.ok(&["new-image", "base"]);
     let before = h.ok(&["list-images", "--json"]);
     let err = h.fail(&["new-image", "child", "nope"]);
-    assert!(err.contains("nope") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("does not exist"),
+        "{err}"
+    );
     let err = h.fail(&[
         OsStr::new("import-image"),
         OsStr::new("child"),
@@ -408,7 +459,11 @@ fn missing_parent_and_existing_name() {
     assert!(err.contains("does not exist"), "{err}");
     let err = h.fail(&["new-image", "base"]);
     assert!(err.contains("already exists"), "{err}");
-    let err = h.fail(&[OsStr::new("import-image"), OsStr::new("base"), src.as_os_str()]);
+    let err = h.fail(&[
+        OsStr::new("import-image"),
+        OsStr::new("base"),
+        src.as_os_str(),
+    ]);
     assert!(err.contains("already exists"), "{err}");
     let err = h.fail(&["import-image", "other", "/nonexistent/source"]);
     assert!(err.contains("does not exist"), "{err}");
@@ -436,11 +491,27 @@ fn import_export_round_trip() {
 
     let t = h.scratch("out");
     let a_tar = t.join("a.tar");
-    h.ok(&[OsStr::new("export-image"), OsStr::new("a"), a_tar.as_os_str()]);
-    h.ok(&[OsStr::new("import-image"), OsStr::new("b"), a_tar.as_os_str()]);
+    h.ok(&[
+        OsStr::new("export-image"),
+        OsStr::new("a"),
+        a_tar.as_os_str(),
+    ]);
+    h.ok(&[
+        OsStr::new("import-image"),
+        OsStr::new("b"),
+        a_tar.as_os_str(),
+    ]);
     let b_tar = t.join("b.tar");
-    h.ok(&[OsStr::new("export-image"), OsStr::new("b"), b_tar.as_os_str()]);
-    assert_eq!(fs::read(&a_tar).unwrap(), fs::read(&b_tar).unwrap(), "exports differ");
+    h.ok(&[
+        OsStr::new("export-image"),
+        OsStr::new("b"),
+        b_tar.as_os_str(),
+    ]);
+    assert_eq!(
+        fs::read(&a_tar).unwrap(),
+        fs::read(&b_tar).unwrap(),
+        "exports differ"
+    );
 
     // Export to stdout gives the same bytes.
     let c_tar = t.join("c.tar");
@@ -471,7 +542,14 @@ fn import_export_round_trip() {
     let mut buf = [0u8; 64];
     let (p, name) = (cstr(&x.join("big.bin")), c"user.stacko.test");
     // SAFETY: valid C strings and buffer.
-    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     assert_eq!(n, 5, "xattr lost: {}", std::io::Error::last_os_error());
     assert_eq!(&buf[..5], b"value");
 }
@@ -485,7 +563,11 @@ fn export_destinations() {
     let t = h.scratch("out");
     let dest = t.join("a.tar");
     fs::write(&dest, b"precious").unwrap();
-    let err = h.fail(&[OsStr::new("export-image"), OsStr::new("a"), dest.as_os_str()]);
+    let err = h.fail(&[
+        OsStr::new("export-image"),
+        OsStr::new("a"),
+        dest.as_os_str(),
+    ]);
     assert!(err.contains("--force"), "{err}");
     assert_eq!(fs::read(&dest).unwrap(), b"precious");
     h.ok(&[
@@ -498,14 +580,21 @@ fn export_destinations() {
 
     // Failures leave nothing behind: no destination, no temp file.
     let missing = t.join("missing.tar");
-    h.fail(&[OsStr::new("export-image"), OsStr::new("nope"), missing.as_os_str()]);
+    h.fail(&[
+        OsStr::new("export-image"),
+        OsStr::new("nope"),
+        missing.as_os_str(),
+    ]);
     h.fail(&[
         OsStr::new("export-image"),
         OsStr::new("a"),
         t.join("no/such/dir.tar").as_os_str(),
     ]);
     h.fail(&[OsStr::new("export-image"), OsStr::new("a"), t.as_os_str()]);
-    let left: Vec<_> = fs::read_dir(&t).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = fs::read_dir(&t)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, [OsStr::new("a.tar")], "left behind: {left:?}");
 
     // A relative destination is taken from the caller's working directory.
@@ -534,7 +623,11 @@ fn flattened_export_of_a_stack() {
     // SAFETY: valid path; a 0:0 char device is an overlay whiteout.
     let r = unsafe { libc::mknod(wh.as_ptr(), libc::S_IFCHR | 0o600, 0) };
     assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
-    h.ok(&[OsStr::new("import-image"), OsStr::new("base"), base.as_os_str()]);
+    h.ok(&[
+        OsStr::new("import-image"),
+        OsStr::new("base"),
+        base.as_os_str(),
+    ]);
     h.ok(&[
         OsStr::new("import-image"),
         OsStr::new("top"),
@@ -546,7 +639,11 @@ fn flattened_export_of_a_stack() {
 
     let t = h.scratch("out");
     let own = t.join("own.tar");
-    h.ok(&[OsStr::new("export-image"), OsStr::new("top"), own.as_os_str()]);
+    h.ok(&[
+        OsStr::new("export-image"),
+        OsStr::new("top"),
+        own.as_os_str(),
+    ]);
     assert_eq!(tar_names(&own), [".wh.a", "b", "c"]);
 
     let flat = t.join("flat.tar");
@@ -559,15 +656,11 @@ fn flattened_export_of_a_stack() {
     let x = t.join("x");
     untar(&flat, &x);
     let snap = snapshot(&x);
-    let want: BTreeMap<String, Vec<u8>> = [
-        ("b", &b"22"[..]),
-        ("c", b"3"),
-        ("d/", b""),
-        ("d/x", b"x"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_vec()))
-    .collect();
+    let want: BTreeMap<String, Vec<u8>> =
+        [("b", &b"22"[..]), ("c", b"3"), ("d/", b""), ("d/x", b"x")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect();
     assert_eq!(snap, want);
 }
 
@@ -577,7 +670,12 @@ fn import_gzip_from_stdin() {
     let src = h.scratch("src");
     write(&src, "one", b"1\n");
     write(&src, "dir/two", &vec![7u8; 10_000]);
-    let gz = Command::new("tar").arg("-C").arg(&src).args(["-czf", "-", "."]).output().unwrap();
+    let gz = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args(["-czf", "-", "."])
+        .output()
+        .unwrap();
     assert!(gz.status.success());
     assert_eq!(&gz.stdout[..2], &[0x1f, 0x8b], "not gzip");
     let mut child = h
@@ -591,7 +689,10 @@ fn import_gzip_from_stdin() {
     child.stdin.take().unwrap().write_all(&gz.stdout).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_ok(&out, &["import-image", "g", "-"]);
-    assert!(out.stderr.is_empty(), "progress or noise on a non-terminal stderr");
+    assert!(
+        out.stderr.is_empty(),
+        "progress or noise on a non-terminal stderr"
+    );
     let g = h.image("g").unwrap();
     assert_eq!(g["files"], 2);
     assert_eq!(g["size"], 10_002);
@@ -611,7 +712,12 @@ fn import_gzip_from_stdin() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(&gz.stdout[..gz.stdout.len() / 2]).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&gz.stdout[..gz.stdout.len() / 2])
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_clean_failure(&out, &["import-image", "junk", "-"]);
     assert!(h.image("junk").is_none());
@@ -622,14 +728,23 @@ fn concurrent_commands_all_succeed() {
     let h = Home::new();
     let src = h.scratch("src");
     for i in 0..200 {
-        write(&src, &format!("d{}/f{i}", i % 7), format!("file {i}\n").as_bytes());
+        write(
+            &src,
+            &format!("d{}/f{i}", i % 7),
+            format!("file {i}\n").as_bytes(),
+        );
     }
     // No daemon yet: all nine race to start one.
     let mut children = Vec::new();
     for _ in 0..8 {
         children.push((
             "list-images",
-            h.cmd().arg("list-images").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+            h.cmd()
+                .arg("list-images")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
         ));
     }
     children.push((
@@ -656,11 +771,22 @@ fn kill_9_of_the_daemon_during_an_import() {
     let src = h.scratch("big");
     for d in 0..20 {
         for f in 0..1000 {
-            write(&src, &format!("d{d:02}/f{f:04}"), format!("file {d} {f}\n").as_bytes());
+            write(
+                &src,
+                &format!("d{d:02}/f{f:04}"),
+                format!("file {d} {f}\n").as_bytes(),
+            );
         }
     }
     let tar = h.path().join("scratch/big.tar");
-    let st = Command::new("tar").arg("-C").arg(&src).arg("-cf").arg(&tar).arg(".").status().unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
     assert!(st.success());
     let bytes = fs::read(&tar).unwrap();
 
@@ -684,7 +810,11 @@ fn kill_9_of_the_daemon_during_an_import() {
 
     // A new daemon opens the store; no half image.
     assert!(h.image("big").is_none());
-    h.ok(&[OsStr::new("import-image"), OsStr::new("big"), src.as_os_str()]);
+    h.ok(&[
+        OsStr::new("import-image"),
+        OsStr::new("big"),
+        src.as_os_str(),
+    ]);
     assert_eq!(h.image("big").unwrap()["files"], 20_000);
 }
 
@@ -693,7 +823,10 @@ fn stale_socket_after_a_crash_is_replaced() {
     let h = Home::new();
     h.ok(&["new-image", "x"]);
     let old = h.kill_daemon();
-    assert!(h.path().join("daemon.sock").exists(), "the crash should leave the socket");
+    assert!(
+        h.path().join("daemon.sock").exists(),
+        "the crash should leave the socket"
+    );
     assert!(h.image("x").is_some());
     let new = h.daemon_pid().unwrap();
     assert_ne!(old, new);
@@ -722,8 +855,14 @@ fn daemon_exits_when_idle_and_comes_back() {
     h.ok(&["new-image", "x"]);
     let pid = h.daemon_pid().unwrap();
     wait_gone(pid);
-    assert!(!h.path().join("daemon.sock").exists(), "socket left after an idle exit");
-    assert!(!h.path().join("daemon.pid").exists(), "pid file left after an idle exit");
+    assert!(
+        !h.path().join("daemon.sock").exists(),
+        "socket left after an idle exit"
+    );
+    assert!(
+        !h.path().join("daemon.pid").exists(),
+        "pid file left after an idle exit"
+    );
     assert!(h.image("x").is_some());
 }
 
@@ -754,7 +893,11 @@ fn home_from_the_environment() {
     assert_eq!(mode, 0o700);
     let sock = fs::metadata(home.join("daemon.sock")).unwrap().mode() & 0o777;
     assert_eq!(sock, 0o600);
-    let pid: i32 = fs::read_to_string(home.join("daemon.pid")).unwrap().trim().parse().unwrap();
+    let pid: i32 = fs::read_to_string(home.join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let st = Command::new(BIN)
         .arg("--home")
         .arg(&home)
@@ -770,9 +913,18 @@ fn killed_client_abandons_its_import() {
     let h = Home::new();
     let src = h.scratch("src");
     for i in 0..2000 {
-        write(&src, &format!("d{}/f{i:04}", i % 10), format!("file {i}\n").as_bytes());
+        write(
+            &src,
+            &format!("d{}/f{i:04}", i % 10),
+            format!("file {i}\n").as_bytes(),
+        );
     }
-    let tar = Command::new("tar").arg("-C").arg(&src).args(["-cf", "-", "."]).output().unwrap();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
     assert!(tar.status.success());
     let bytes = tar.stdout;
     let mut child = h
@@ -799,12 +951,22 @@ fn killed_client_abandons_its_import() {
             assert!(line.contains("went away"), "{line}");
             break;
         }
-        assert!(start.elapsed() < PATIENCE, "the daemon never finished the import:\n{text}");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the daemon never finished the import:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(h.image("orphan").is_none(), "an abandoned import was committed");
+    assert!(
+        h.image("orphan").is_none(),
+        "an abandoned import was committed"
+    );
     // The name is free again.
-    h.ok(&[OsStr::new("import-image"), OsStr::new("orphan"), src.as_os_str()]);
+    h.ok(&[
+        OsStr::new("import-image"),
+        OsStr::new("orphan"),
+        src.as_os_str(),
+    ]);
     assert_eq!(h.image("orphan").unwrap()["files"], 2000);
 }
 
@@ -813,7 +975,12 @@ fn unusable_home_or_store_is_one_clear_line() {
     let h = Home::new();
     let file = h.scratch("x").join("plain-file");
     fs::write(&file, b"x").unwrap();
-    let out = Command::new(BIN).arg("--home").arg(&file).arg("list-images").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--home")
+        .arg(&file)
+        .arg("list-images")
+        .output()
+        .unwrap();
     let err = assert_clean_failure(&out, &["list-images (home is a file)"]);
     assert!(err.contains("not a directory"), "{err}");
 

@@ -148,20 +148,41 @@ fn on_off(key: &str, v: Option<&str>) -> Result<bool, ConfigError> {
     match v {
         None | Some("on") | Some("yes") | Some("true") | Some("1") => Ok(true),
         Some("off") | Some("no") | Some("false") | Some("0") => Ok(false),
-        Some(x) => Err(ConfigError(format!("option {key}: expected on or off, got {x:?}"))),
+        Some(x) => Err(ConfigError(format!(
+            "option {key}: expected on or off, got {x:?}"
+        ))),
     }
 }
 
 fn number(key: &str, v: Option<&str>) -> Result<u32, ConfigError> {
-    v.and_then(|v| v.parse().ok())
-        .ok_or_else(|| ConfigError(format!("option {key}: expected a number, got {:?}", v.unwrap_or(""))))
+    v.and_then(|v| v.parse().ok()).ok_or_else(|| {
+        ConfigError(format!(
+            "option {key}: expected a number, got {:?}",
+            v.unwrap_or("")
+        ))
+    })
 }
 
-const PASSED_FLAGS: [&str; 11] =
-    ["dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "sync", "async", "dirsync"];
+const PASSED_FLAGS: [&str; 11] = [
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "sync", "async",
+    "dirsync",
+];
 const IGNORED: [&str; 16] = [
-    "rw", "default_permissions", "defaults", "auto", "noauto", "user", "nouser", "users",
-    "_netdev", "nofail", "relatime", "strictatime", "userxattr", "volatile", "static_nlink",
+    "rw",
+    "default_permissions",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "relatime",
+    "strictatime",
+    "userxattr",
+    "volatile",
+    "static_nlink",
     "noacl",
 ];
 
@@ -211,7 +232,9 @@ impl MountConfig {
                 "threads" => {
                     let n = number(&key, v)?;
                     if n == 0 || n > 256 {
-                        return Err(ConfigError(format!("option threads: {n} is out of range 1..=256")));
+                        return Err(ConfigError(format!(
+                            "option threads: {n} is out of range 1..=256"
+                        )));
                     }
                     self.threads = n as usize;
                 }
@@ -238,7 +261,10 @@ impl MountConfig {
                     )))
                 }
                 k if PASSED_FLAGS.contains(&k) && v.is_none() => self.flags.push(k.to_string()),
-                k if IGNORED.contains(&k) || k.starts_with("x-") || k == "fast_ino" || k == "xino" => {}
+                k if IGNORED.contains(&k)
+                    || k.starts_with("x-")
+                    || k == "fast_ino"
+                    || k == "xino" => {}
                 _ => return Err(ConfigError(format!("unknown mount option {opt:?}"))),
             }
         }
@@ -251,7 +277,9 @@ impl MountConfig {
             return Err(ConfigError("missing option lowerdir=DIR[:DIR...]".into()));
         }
         if self.upperdir.is_some() != self.workdir.is_some() {
-            return Err(ConfigError("upperdir and workdir must be given together".into()));
+            return Err(ConfigError(
+                "upperdir and workdir must be given together".into(),
+            ));
         }
         Ok(())
     }
@@ -275,7 +303,10 @@ mod tests {
             "lowerdir=/a:/b\\:c,upperdir=/u,workdir=/w,squash_to_uid=1000,squash_to_gid=100,noatime",
         )
         .unwrap();
-        assert_eq!(c.lowerdirs, vec![PathBuf::from("/a"), PathBuf::from("/b:c")]);
+        assert_eq!(
+            c.lowerdirs,
+            vec![PathBuf::from("/a"), PathBuf::from("/b:c")]
+        );
         assert_eq!(c.upperdir, Some(PathBuf::from("/u")));
         assert_eq!(c.workdir, Some(PathBuf::from("/w")));
         assert_eq!(c.fs.squash_uid, Some(1000));
@@ -285,9 +316,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_a_message() {
-        assert!(MountConfig::parse("upperdir=/u,workdir=/w").unwrap_err().0.contains("lowerdir"));
-        assert!(MountConfig::parse("lowerdir=/a,upperdir=/u").unwrap_err().0.contains("workdir"));
-        assert!(MountConfig::parse("lowerdir=/a,bogus").unwrap_err().0.contains("bogus"));
+        assert!(MountConfig::parse("upperdir=/u,workdir=/w")
+            .unwrap_err()
+            .0
+            .contains("lowerdir"));
+        assert!(MountConfig::parse("lowerdir=/a,upperdir=/u")
+            .unwrap_err()
+            .0
+            .contains("workdir"));
+        assert!(MountConfig::parse("lowerdir=/a,bogus")
+            .unwrap_err()
+            .0
+            .contains("bogus"));
         assert!(MountConfig::parse("lowerdir=/a,squash_to_uid=x").is_err());
         assert!(MountConfig::parse("lowerdir=/a,metacopy=maybe").is_err());
         let ro = MountConfig::parse("lowerdir=/a").unwrap();

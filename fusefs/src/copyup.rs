@@ -39,13 +39,19 @@ pub fn copy_data(src: &dyn LowerFile, out: RawFd, size: u64) -> Result<()> {
             if data >= size {
                 break;
             }
-            let hole = sys::lseek(fd, data as i64, libc::SEEK_HOLE).map(|h| h as u64).unwrap_or(size).min(size);
+            let hole = sys::lseek(fd, data as i64, libc::SEEK_HOLE)
+                .map(|h| h as u64)
+                .unwrap_or(size)
+                .min(size);
             let mut pos = data;
             while pos < hole {
                 let want = (hole - pos).min(1 << 30) as usize;
                 let n = match sys::copy_file_range(fd, pos, out, pos, want) {
                     Ok(n) => n,
-                    Err(Errno(libc::EXDEV)) | Err(Errno(libc::EINVAL)) | Err(Errno(libc::EOPNOTSUPP)) | Err(Errno(libc::ENOSYS)) => {
+                    Err(Errno(libc::EXDEV))
+                    | Err(Errno(libc::EINVAL))
+                    | Err(Errno(libc::EOPNOTSUPP))
+                    | Err(Errno(libc::ENOSYS)) => {
                         copy_buffered(src, out, pos, hole)?;
                         hole as usize - pos as usize
                     }
@@ -87,7 +93,10 @@ fn copy_buffered(src: &dyn LowerFile, out: RawFd, from: u64, to: u64) -> Result<
 /// overlayfs restores the parent's times the same way).
 pub(crate) fn saved_times(fd: RawFd) -> Option<(SetTime, SetTime)> {
     let st = sys::fstat(fd).ok()?;
-    Some((SetTime::At(st.st_atime, st.st_atime_nsec), SetTime::At(st.st_mtime, st.st_mtime_nsec)))
+    Some((
+        SetTime::At(st.st_atime, st.st_atime_nsec),
+        SetTime::At(st.st_mtime, st.st_mtime_nsec),
+    ))
 }
 
 /// Puts back times saved by [`saved_times`] (best effort, as in kernel overlayfs).
@@ -122,7 +131,11 @@ impl OverlayFs {
 
     fn copied_enough(node: &Node, mode: CopyMode) -> bool {
         let s = node.st();
-        let has = if node.kind == Kind::Dir { s.dirfd.is_some() } else { s.upper || s.indexed };
+        let has = if node.kind == Kind::Dir {
+            s.dirfd.is_some()
+        } else {
+            s.upper || s.indexed
+        };
         has && !(mode == CopyMode::Data && s.metacopy)
     }
 
@@ -148,7 +161,12 @@ impl OverlayFs {
 
     /// [`Self::copy_up`]; with `meta_index`, a hard-linked file may go to the index as a
     /// metadata-only copy too (used when its data cannot be read, to keep its link count).
-    pub(crate) fn copy_up_with(&self, node: &Arc<Node>, mode: CopyMode, meta_index: bool) -> Result<()> {
+    pub(crate) fn copy_up_with(
+        &self,
+        node: &Arc<Node>,
+        mode: CopyMode,
+        meta_index: bool,
+    ) -> Result<()> {
         if Self::copied_enough(node, mode) {
             return Ok(());
         }
@@ -159,7 +177,11 @@ impl OverlayFs {
         }
         let (parent, name, origin, has_upper, unlinked) = {
             let s = node.st();
-            let has = if node.kind == Kind::Dir { s.dirfd.is_some() } else { s.upper || s.indexed };
+            let has = if node.kind == Kind::Dir {
+                s.dirfd.is_some()
+            } else {
+                s.upper || s.indexed
+            };
             (s.parent, s.name.clone(), s.origin, has, s.unlinked)
         };
         if has_upper {
@@ -183,10 +205,19 @@ impl OverlayFs {
                 Kind::Dir => sys::mkdirat(work, &tmp, 0o700)?,
                 Kind::Symlink => {
                     let t = lower.readlink(lino)?;
-                    sys::symlinkat(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&t), work, &tmp)?
+                    sys::symlinkat(
+                        <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&t),
+                        work,
+                        &tmp,
+                    )?
                 }
                 Kind::File => {
-                    let fd = sys::openat(work, &tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                    let fd = sys::openat(
+                        work,
+                        &tmp,
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                        0o600,
+                    )?;
                     meta_only = mode == CopyMode::Meta
                         && self.cfg.metacopy
                         && (meta_index || !(self.cfg.index && la.nlink > 1))
@@ -194,7 +225,12 @@ impl OverlayFs {
                         && decode_lower(node.ino).is_some();
                     if meta_only {
                         sys::ftruncate(fd.as_raw_fd(), la.size)?;
-                        sys::setxattr(XTarget::Fd(fd.as_raw_fd()), OsStr::new(xattr::USER_METACOPY), b"", 0)?;
+                        sys::setxattr(
+                            XTarget::Fd(fd.as_raw_fd()),
+                            OsStr::new(xattr::USER_METACOPY),
+                            b"",
+                            0,
+                        )?;
                     } else if la.size > 0 {
                         let src = lower.open(lino)?;
                         copy_data(src.as_ref(), fd.as_raw_fd(), la.size)?;
@@ -206,7 +242,12 @@ impl OverlayFs {
                         Err(Errno(libc::EPERM)) if !u.privileged => {
                             // Keep the intended type in override_stat on a placeholder file.
                             made_kind = Kind::File;
-                            sys::openat(work, &tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                            sys::openat(
+                                work,
+                                &tmp,
+                                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                                0o600,
+                            )?;
                         }
                         Err(e) => return Err(e),
                     }
@@ -227,11 +268,21 @@ impl OverlayFs {
             if crate::sidemeta::needs_side(made_kind) {
                 u.side_set(work, &tmp, xattr::ORIGIN, node.ino.to_string().as_bytes())?;
             } else {
-                sys::setxattr(t, OsStr::new(xattr::ORIGIN), node.ino.to_string().as_bytes(), 0)?;
+                sys::setxattr(
+                    t,
+                    OsStr::new(xattr::ORIGIN),
+                    node.ino.to_string().as_bytes(),
+                    0,
+                )?;
             }
             let ovr = self.set_owner_mode(work, &tmp, made_kind, la.uid, la.gid, la.perm)?;
             let ovr = if made_kind != node.kind {
-                let v = format!("{}:{}:{:o}", la.uid, la.gid, node.kind.mode_bits() | la.perm);
+                let v = format!(
+                    "{}:{}:{:o}",
+                    la.uid,
+                    la.gid,
+                    node.kind.mode_bits() | la.perm
+                );
                 sys::setxattr(t, OsStr::new(xattr::OVERRIDE_STAT), v.as_bytes(), 0)?;
                 Some((la.uid, la.gid, la.perm))
             } else {
@@ -246,7 +297,12 @@ impl OverlayFs {
             let indexed = node.kind == Kind::File && self.cfg.index && la.nlink > 1;
             if indexed {
                 let iname = Upper::index_name(node.ino);
-                sys::setxattr(t, OsStr::new(xattr::NLINK), la.nlink.to_string().as_bytes(), 0)?;
+                sys::setxattr(
+                    t,
+                    OsStr::new(xattr::NLINK),
+                    la.nlink.to_string().as_bytes(),
+                    0,
+                )?;
                 if meta_only {
                     // Its names may move or be made by link(2) later; the redirect (the lower
                     // path of this name, which is one of the file's lower names) keeps its

@@ -47,7 +47,9 @@ impl DirCache {
     /// A cache holding at most `cap` listings (at least one).
     pub fn new(cap: usize) -> Self {
         DirCache {
-            lru: Mutex::new(LruCache::new(NonZeroUsize::new(cap.max(1)).unwrap_or(NonZeroUsize::MIN))),
+            lru: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cap.max(1)).unwrap_or(NonZeroUsize::MIN),
+            )),
             gens: (0..GEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -68,12 +70,19 @@ impl DirCache {
 
     /// The cached listing of `dir`.
     pub fn get(&self, dir: u64) -> Option<Listing> {
-        self.lru.lock().unwrap_or_else(|e| e.into_inner()).get(&dir).cloned()
+        self.lru
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&dir)
+            .cloned()
     }
 
     /// Caches the listing of `dir`.
     pub fn put(&self, dir: u64, l: Listing) {
-        self.lru.lock().unwrap_or_else(|e| e.into_inner()).put(dir, l);
+        self.lru
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(dir, l);
     }
 
     /// Drops the listing of `dir` (call on every change inside it).
@@ -91,7 +100,13 @@ mod tests {
     #[test]
     fn bounded_and_invalidated() {
         let c = DirCache::new(2);
-        let l = |n: &str| Arc::new(vec![DirEntry { name: n.into(), kind: Kind::File, ino: 5 }]);
+        let l = |n: &str| {
+            Arc::new(vec![DirEntry {
+                name: n.into(),
+                kind: Kind::File,
+                ino: 5,
+            }])
+        };
         c.put(1, l("a"));
         c.put(2, l("b"));
         c.put(3, l("c"));
@@ -104,7 +119,11 @@ mod tests {
     #[test]
     fn a_listing_built_across_an_invalidation_is_not_cached() {
         let c = DirCache::new(4);
-        let l = Arc::new(vec![DirEntry { name: "old".into(), kind: Kind::File, ino: 5 }]);
+        let l = Arc::new(vec![DirEntry {
+            name: "old".into(),
+            kind: Kind::File,
+            ino: 5,
+        }]);
         let g = c.generation(7);
         c.invalidate(7); // a rename in dir 7 while its listing was being read
         c.put_if_unchanged(7, l.clone(), g);

@@ -55,7 +55,10 @@ pub fn parse_override_stat(v: &[u8]) -> Option<(u32, u32, u32)> {
 }
 
 fn ts(sec: i64, nsec: i64) -> Timestamp {
-    Timestamp { sec, nsec: nsec.clamp(0, 999_999_999) as u32 }
+    Timestamp {
+        sec,
+        nsec: nsec.clamp(0, 999_999_999) as u32,
+    }
 }
 
 /// Converts a `stat` to [`LowerAttr`] (opaque left false).
@@ -86,7 +89,10 @@ impl DirLower {
     pub fn open(dir: &Path) -> Result<DirLower> {
         let c = sys::cstr(dir.as_os_str())?;
         let fd = unsafe {
-            libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
         };
         if fd < 0 {
             return Err(Errno::last());
@@ -95,9 +101,20 @@ impl DirLower {
         let st = sys::fstat(root_fd.as_raw_fd())?;
         let nodes = ShardedMap::new();
         nodes.with_mut(st.st_ino, |m| {
-            m.insert(st.st_ino, Arc::new(Entry { path: Box::new([]), opaque: OnceLock::new(), has_wh: OnceLock::new() }))
+            m.insert(
+                st.st_ino,
+                Arc::new(Entry {
+                    path: Box::new([]),
+                    opaque: OnceLock::new(),
+                    has_wh: OnceLock::new(),
+                }),
+            )
         });
-        Ok(DirLower { root_fd, root_ino: st.st_ino, nodes })
+        Ok(DirLower {
+            root_fd,
+            root_ino: st.st_ino,
+            nodes,
+        })
     }
 
     /// Number of nodes whose path is remembered (for memory checks).
@@ -129,7 +146,11 @@ impl DirLower {
         }
         self.nodes.with_mut(ino, |m| {
             m.entry(ino).or_insert_with(|| {
-                Arc::new(Entry { path: path.into_boxed_slice(), opaque: OnceLock::new(), has_wh: OnceLock::new() })
+                Arc::new(Entry {
+                    path: path.into_boxed_slice(),
+                    opaque: OnceLock::new(),
+                    has_wh: OnceLock::new(),
+                })
             });
         });
     }
@@ -149,7 +170,10 @@ impl DirLower {
                 }
             }
             let p = Self::join(&e.path, OsStr::from_bytes(WH_OPAQUE));
-            matches!(sys::fstatat_opt(self.root_fd.as_raw_fd(), Self::rel(&p)), Ok(Some(_)))
+            matches!(
+                sys::fstatat_opt(self.root_fd.as_raw_fd(), Self::rel(&p)),
+                Ok(Some(_))
+            )
         })
     }
 }
@@ -182,16 +206,26 @@ impl Lower for DirLower {
         match sys::fstatat_opt(self.root_fd.as_raw_fd(), Self::rel(&path))? {
             Some(st) => {
                 if sys::is_whiteout_stat(&st) {
-                    return Ok(Some(LowerEntry { ino: st.st_ino, kind: Kind::Whiteout }));
+                    return Ok(Some(LowerEntry {
+                        ino: st.st_ino,
+                        kind: Kind::Whiteout,
+                    }));
                 }
                 let kind = Kind::from_mode(st.st_mode).ok_or(Errno::EIO)?;
                 self.remember(st.st_ino, path);
-                Ok(Some(LowerEntry { ino: st.st_ino, kind }))
+                Ok(Some(LowerEntry {
+                    ino: st.st_ino,
+                    kind,
+                }))
             }
             None => {
                 let has_wh = *d.has_wh.get_or_init(|| {
-                    match sys::open_dir(self.root_fd.as_raw_fd(), Self::rel(&d.path)).and_then(|fd| sys::list_dir(fd.as_raw_fd())) {
-                        Ok(list) => list.iter().any(|e| e.name.as_bytes().starts_with(WH_PREFIX)),
+                    match sys::open_dir(self.root_fd.as_raw_fd(), Self::rel(&d.path))
+                        .and_then(|fd| sys::list_dir(fd.as_raw_fd()))
+                    {
+                        Ok(list) => list
+                            .iter()
+                            .any(|e| e.name.as_bytes().starts_with(WH_PREFIX)),
                         Err(_) => true,
                     }
                 });
@@ -202,7 +236,10 @@ impl Lower for DirLower {
                 wh.extend_from_slice(name.as_bytes());
                 let whp = Self::join(&d.path, OsStr::from_bytes(&wh));
                 if sys::fstatat_opt(self.root_fd.as_raw_fd(), Self::rel(&whp))?.is_some() {
-                    Ok(Some(LowerEntry { ino: 0, kind: Kind::Whiteout }))
+                    Ok(Some(LowerEntry {
+                        ino: 0,
+                        kind: Kind::Whiteout,
+                    }))
                 } else {
                     Ok(None)
                 }
@@ -217,9 +254,7 @@ impl Lower for DirLower {
         if a.kind == Kind::Dir {
             a.opaque = self.entry_opaque(&e);
         }
-        if let Ok(Some(v)) =
-            sys::getxattr(self.target(&e.path), OsStr::new(xattr::OVERRIDE_STAT))
-        {
+        if let Ok(Some(v)) = sys::getxattr(self.target(&e.path), OsStr::new(xattr::OVERRIDE_STAT)) {
             if let Some((uid, gid, mode)) = parse_override_stat(&v) {
                 a.uid = uid;
                 a.gid = gid;
@@ -260,7 +295,10 @@ impl Lower for DirLower {
                 if !rest.is_empty() {
                     out.push((
                         OsStr::from_bytes(rest).to_os_string(),
-                        LowerEntry { ino: 0, kind: Kind::Whiteout },
+                        LowerEntry {
+                            ino: 0,
+                            kind: Kind::Whiteout,
+                        },
                     ));
                 }
                 continue;
@@ -314,7 +352,9 @@ impl Lower for DirLower {
             libc::O_RDONLY | libc::O_NOFOLLOW,
             0,
         )?;
-        Ok(Box::new(DirLowerFile { file: File::from(fd) }))
+        Ok(Box::new(DirLowerFile {
+            file: File::from(fd),
+        }))
     }
 
     fn readlink(&self, ino: LowerIno) -> Result<Vec<u8>> {

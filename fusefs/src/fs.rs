@@ -65,7 +65,11 @@ pub struct Ctx {
 impl Ctx {
     /// The context of the daemon itself.
     pub fn current() -> Ctx {
-        Ctx { uid: sys::geteuid(), gid: sys::getegid(), pid: std::process::id() }
+        Ctx {
+            uid: sys::geteuid(),
+            gid: sys::getegid(),
+            pid: std::process::id(),
+        }
     }
 }
 
@@ -198,7 +202,9 @@ fn parse_u64(v: &[u8]) -> Option<u64> {
 
 /// Whether the process `pid` has `gid` among its groups.
 fn pid_in_group(pid: u32, gid: u32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
     s.lines()
         .filter(|l| l.starts_with("Groups:") || l.starts_with("Gid:"))
         .flat_map(|l| l.split_whitespace().skip(1))
@@ -207,7 +213,11 @@ fn pid_in_group(pid: u32, gid: u32) -> bool {
 
 impl OverlayFs {
     /// A filesystem over `lowers` (top first) and an optional upper directory.
-    pub fn new(lowers: Vec<Arc<dyn Lower>>, upper: Option<Upper>, cfg: FsConfig) -> Result<OverlayFs> {
+    pub fn new(
+        lowers: Vec<Arc<dyn Lower>>,
+        upper: Option<Upper>,
+        cfg: FsConfig,
+    ) -> Result<OverlayFs> {
         let nodes = NodeTable::new();
         let mut root_lower_dirs = Vec::new();
         for (i, l) in lowers.iter().enumerate() {
@@ -255,7 +265,9 @@ impl OverlayFs {
     }
 
     /// Opens the layers and upper directory named by a mount configuration.
-    pub fn from_config(cfg: &crate::config::MountConfig) -> std::result::Result<OverlayFs, crate::config::ConfigError> {
+    pub fn from_config(
+        cfg: &crate::config::MountConfig,
+    ) -> std::result::Result<OverlayFs, crate::config::ConfigError> {
         use crate::config::ConfigError;
         let mut lowers: Vec<Arc<dyn Lower>> = Vec::new();
         for d in &cfg.lowerdirs {
@@ -272,14 +284,19 @@ impl OverlayFs {
                         w.display()
                     ))
                 } else {
-                    ConfigError(format!("upper directory {} / work directory {}: {e}", u.display(), w.display()))
+                    ConfigError(format!(
+                        "upper directory {} / work directory {}: {e}",
+                        u.display(),
+                        w.display()
+                    ))
                 }
             })?),
             _ => None,
         };
         let mut fcfg = cfg.fs.clone();
         fcfg.writeback = crate::fuse::plan(cfg).writeback;
-        OverlayFs::new(lowers, upper, fcfg).map_err(|e| ConfigError(format!("cannot set up the merged root: {e}")))
+        OverlayFs::new(lowers, upper, fcfg)
+            .map_err(|e| ConfigError(format!("cannot set up the merged root: {e}")))
     }
 
     /// Turns FUSE passthrough decisions on or off (the adapter turns it off when the kernel
@@ -318,7 +335,10 @@ impl OverlayFs {
     /// one), so the cost does not grow with the number of layers; see [`crate::lowerindex`].
     pub(crate) fn lower_merge(&self, dirs: &[LowerRef], name: &OsStr) -> Result<LowerHit> {
         if dirs.is_empty() {
-            return Ok(LowerHit { top: None, dirs: Vec::new() });
+            return Ok(LowerHit {
+                top: None,
+                dirs: Vec::new(),
+            });
         }
         if self.cfg.lower_index_entries > 0 {
             if let Some(ix) = self.lindex.get(dirs) {
@@ -342,7 +362,10 @@ impl OverlayFs {
 
     /// Turns the layers holding a name into the merge result, applying opaque directories.
     fn hit_of(&self, hits: Option<&Hits>) -> Result<LowerHit> {
-        let mut hit = LowerHit { top: None, dirs: Vec::new() };
+        let mut hit = LowerHit {
+            top: None,
+            dirs: Vec::new(),
+        };
         let Some(h) = hits else { return Ok(hit) };
         for &(layer, e) in h.as_slice() {
             let layer = layer as usize;
@@ -411,19 +434,29 @@ impl OverlayFs {
                 } else {
                     sys::listxattr(XTarget::At(dfd, name)).unwrap_or_default()
                 };
-                let mut r = Resolved { kind: Some(kind), upper: true, ..Default::default() };
+                let mut r = Resolved {
+                    kind: Some(kind),
+                    upper: true,
+                    ..Default::default()
+                };
                 let get = |n: &str| -> Option<Vec<u8>> {
                     if let Some(side) = &side {
-                        side.iter().find(|(k, _)| k.as_bytes() == n.as_bytes()).map(|(_, v)| v.clone())
+                        side.iter()
+                            .find(|(k, _)| k.as_bytes() == n.as_bytes())
+                            .map(|(_, v)| v.clone())
                     } else if xattr::has(&names, n) {
-                        sys::getxattr(XTarget::At(dfd, name), OsStr::new(n)).ok().flatten()
+                        sys::getxattr(XTarget::At(dfd, name), OsStr::new(n))
+                            .ok()
+                            .flatten()
                     } else {
                         None
                     }
                 };
                 let origin_ino = get(xattr::ORIGIN).and_then(|v| parse_u64(&v));
                 r.ino = origin_ino.unwrap_or_else(|| self.nodes.inos.upper(st.st_ino));
-                r.origin = origin_ino.and_then(decode_lower).filter(|(l, _)| *l < self.lowers.len());
+                r.origin = origin_ino
+                    .and_then(decode_lower)
+                    .filter(|(l, _)| *l < self.lowers.len());
                 r.override_stat = get(xattr::OVERRIDE_STAT).and_then(|v| parse_override_stat(&v));
                 if kind == Kind::Dir {
                     if let Some(n) = self.nodes.get(r.ino) {
@@ -433,7 +466,8 @@ impl OverlayFs {
                     }
                     let fd = sys::open_dir(dfd, name)?;
                     let opaque = upper::is_opaque(fd.as_raw_fd(), &names)?;
-                    let redirect = get(xattr::USER_REDIRECT).or_else(|| get(xattr::TRUSTED_REDIRECT));
+                    let redirect =
+                        get(xattr::USER_REDIRECT).or_else(|| get(xattr::TRUSTED_REDIRECT));
                     if let Some(rd) = redirect {
                         // existing redirects are always followed; `redirect_dir` only governs making them
                         let abs: Arc<[u8]> = if rd.first() == Some(&b'/') {
@@ -466,7 +500,9 @@ impl OverlayFs {
                         && r.origin.is_some();
                     if st.st_nlink > 1 && origin_ino.is_some() {
                         if let Some(u) = &self.upper {
-                            if let Some(ist) = sys::fstatat_opt(u.index_fd(), &Upper::index_name(r.ino))? {
+                            if let Some(ist) =
+                                sys::fstatat_opt(u.index_fd(), &Upper::index_name(r.ino))?
+                            {
                                 r.indexed = ist.st_ino == st.st_ino;
                             }
                         }
@@ -475,7 +511,8 @@ impl OverlayFs {
                         // The lower layer only answers for numbers it has handed out: look
                         // the data source up by name, at its redirect if it was renamed
                         // (absolute lower path, as kernel overlayfs writes for metacopy files).
-                        let redirect = get(xattr::USER_REDIRECT).filter(|rd| rd.first() == Some(&b'/'));
+                        let redirect =
+                            get(xattr::USER_REDIRECT).filter(|rd| rd.first() == Some(&b'/'));
                         let hit = match redirect {
                             Some(rd) => {
                                 let cut = rd.iter().rposition(|b| *b == b'/').unwrap_or(0);
@@ -491,7 +528,9 @@ impl OverlayFs {
             }
         }
         let hit = self.lower_merge(&plower, name)?;
-        let Some((layer, e)) = hit.top else { return Ok(None) };
+        let Some((layer, e)) = hit.top else {
+            return Ok(None);
+        };
         if let Some(d) = &pdirfd {
             if whiteout::has_oci_whiteout(d.as_raw_fd(), name)? {
                 return Ok(None);
@@ -518,13 +557,17 @@ impl OverlayFs {
                         sys::fstatat_opt(u.index_fd(), &Upper::index_name(r.ino))?.is_some();
                     if r.indexed {
                         let n = Upper::index_name(r.ino);
-                        let names = sys::listxattr(XTarget::At(u.index_fd(), &n)).unwrap_or_default();
+                        let names =
+                            sys::listxattr(XTarget::At(u.index_fd(), &n)).unwrap_or_default();
                         r.metacopy = xattr::has(&names, xattr::USER_METACOPY);
                         if xattr::has(&names, xattr::OVERRIDE_STAT) {
-                            r.override_stat = sys::getxattr(XTarget::At(u.index_fd(), &n), OsStr::new(xattr::OVERRIDE_STAT))
-                                .ok()
-                                .flatten()
-                                .and_then(|v| parse_override_stat(&v));
+                            r.override_stat = sys::getxattr(
+                                XTarget::At(u.index_fd(), &n),
+                                OsStr::new(xattr::OVERRIDE_STAT),
+                            )
+                            .ok()
+                            .flatten()
+                            .and_then(|v| parse_override_stat(&v));
                         }
                     }
                 }
@@ -535,7 +578,13 @@ impl OverlayFs {
     }
 
     /// Puts a resolved node in the table (or finds the live one), adding `refs` references.
-    pub(crate) fn instantiate(&self, parent: u64, name: &OsStr, r: Resolved, refs: u64) -> Result<Arc<Node>> {
+    pub(crate) fn instantiate(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        r: Resolved,
+        refs: u64,
+    ) -> Result<Arc<Node>> {
         let kind = r.kind.ok_or(Errno::EIO)?;
         if let Some(n) = self.nodes.get(r.ino) {
             if n.kind == kind && !n.st().unlinked {
@@ -638,7 +687,14 @@ impl OverlayFs {
     fn raw_attr(&self, node: &Node, prefetched: Option<LowerAttr>) -> Result<Attr> {
         let (ovr, origin, ndirs, indexed, unlinked, orphan) = {
             let s = node.st();
-            (s.override_stat, s.origin, s.lower_dirs.len(), s.indexed, s.unlinked, s.orphan.clone())
+            (
+                s.override_stat,
+                s.origin,
+                s.lower_dirs.len(),
+                s.indexed,
+                s.unlinked,
+                s.orphan.clone(),
+            )
         };
         let mut a = if let Some(fd) = orphan.filter(|_| unlinked) {
             attr_from_stat(&sys::fstat(fd.as_raw_fd())?)
@@ -727,7 +783,9 @@ impl OverlayFs {
             if st.st_uid != uid || st.st_gid != gid {
                 sys::fchownat(fd, name, uid, gid)?;
             }
-            if kind != Kind::Symlink && (st.st_mode & 0o7777 != perm || st.st_uid != uid || st.st_gid != gid) {
+            if kind != Kind::Symlink
+                && (st.st_mode & 0o7777 != perm || st.st_uid != uid || st.st_gid != gid)
+            {
                 sys::fchmodat(fd, name, perm)?;
             }
             return Ok(None);
@@ -767,7 +825,11 @@ impl OverlayFs {
         let node = self.node(ino)?;
         let orphan = {
             let s = node.st();
-            if s.unlinked { s.orphan.clone() } else { None }
+            if s.unlinked {
+                s.orphan.clone()
+            } else {
+                None
+            }
         };
         if let Some(o) = orphan {
             return self.setattr_orphan(&node, &o, sa);
@@ -776,7 +838,14 @@ impl OverlayFs {
         if sa.size.is_some() && node.kind == Kind::Dir {
             return Err(Errno::EISDIR);
         }
-        self.copy_up(&node, if nonzero_size { CopyMode::Data } else { CopyMode::Meta })?;
+        self.copy_up(
+            &node,
+            if nonzero_size {
+                CopyMode::Data
+            } else {
+                CopyMode::Meta
+            },
+        )?;
         if sa.size == Some(0) && node.st().metacopy {
             self.drop_metacopy_by_truncate(&node)?;
         }
@@ -786,7 +855,12 @@ impl OverlayFs {
             let had_override = node.st().override_stat.is_some();
             if privileged && !had_override {
                 if sa.uid.is_some() || sa.gid.is_some() {
-                    sys::fchownat(fd, &name, sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
+                    sys::fchownat(
+                        fd,
+                        &name,
+                        sa.uid.unwrap_or(u32::MAX),
+                        sa.gid.unwrap_or(u32::MAX),
+                    )?;
                 }
                 if let (Some(m), true) = (sa.mode, node.kind != Kind::Symlink) {
                     sys::fchmodat(fd, &name, m & 0o7777)?;
@@ -796,15 +870,21 @@ impl OverlayFs {
                 let uid = sa.uid.unwrap_or(cur.uid);
                 let gid = sa.gid.unwrap_or(cur.gid);
                 let mut perm = sa.mode.map(|m| m & 0o7777).unwrap_or(cur.perm);
-                if sa.mode.is_none() && node.kind != Kind::Dir && (sa.uid.is_some() || sa.gid.is_some()) {
+                if sa.mode.is_none()
+                    && node.kind != Kind::Dir
+                    && (sa.uid.is_some() || sa.gid.is_some())
+                {
                     // chown clears set-id bits on non-directories, as chown(2) on Linux does
                     // (with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem)
                     perm &= !(libc::S_ISUID | if perm & 0o010 != 0 { libc::S_ISGID } else { 0 });
                 }
                 if privileged {
-                    let _ = sys::removexattr(XTarget::At(fd, &name), OsStr::new(xattr::OVERRIDE_STAT));
+                    let _ =
+                        sys::removexattr(XTarget::At(fd, &name), OsStr::new(xattr::OVERRIDE_STAT));
                     if crate::sidemeta::needs_side(node.kind) {
-                        let _ = self.writable()?.side_remove(fd, &name, xattr::OVERRIDE_STAT);
+                        let _ = self
+                            .writable()?
+                            .side_remove(fd, &name, xattr::OVERRIDE_STAT);
                     }
                     sys::fchownat(fd, &name, uid, gid)?;
                     if node.kind != Kind::Symlink {
@@ -820,7 +900,9 @@ impl OverlayFs {
         if let Some(size) = sa.size {
             let via_handle = sa.fh.and_then(|fh| self.handles.get(fh)).and_then(|h| {
                 match &*h.file.read().unwrap_or_else(|e| e.into_inner()) {
-                    HFile::Upper(f) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => Some(f.clone()),
+                    HFile::Upper(f) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                        Some(f.clone())
+                    }
                     _ => None,
                 }
             });
@@ -854,22 +936,42 @@ impl OverlayFs {
             return Ok(false);
         }
         let a = self.attr_of(&node, None)?;
-        let kill = libc::S_ISUID | if a.perm & 0o010 != 0 { libc::S_ISGID } else { 0 };
+        let kill = libc::S_ISUID
+            | if a.perm & 0o010 != 0 {
+                libc::S_ISGID
+            } else {
+                0
+            };
         if a.perm & kill == 0 {
             return Ok(false);
         }
-        self.setattr(ino, SetAttr { mode: Some(a.perm & !kill), ..Default::default() })?;
+        self.setattr(
+            ino,
+            SetAttr {
+                mode: Some(a.perm & !kill),
+                ..Default::default()
+            },
+        )?;
         Ok(true)
     }
 
     /// `setattr` of an open file whose names are all gone: through its inode.
     fn setattr_orphan(&self, node: &Node, o: &OwnedFd, sa: SetAttr) -> Result<Attr> {
         let path = OsString::from(format!("/proc/self/fd/{}", o.as_raw_fd()));
-        let acc = if sa.size.is_some() { libc::O_WRONLY } else { libc::O_RDONLY };
+        let acc = if sa.size.is_some() {
+            libc::O_WRONLY
+        } else {
+            libc::O_RDONLY
+        };
         let f = sys::openat(libc::AT_FDCWD, &path, acc, 0)?;
         let fd = f.as_raw_fd();
         if sa.uid.is_some() || sa.gid.is_some() {
-            sys::fchownat(fd, OsStr::new(""), sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
+            sys::fchownat(
+                fd,
+                OsStr::new(""),
+                sa.uid.unwrap_or(u32::MAX),
+                sa.gid.unwrap_or(u32::MAX),
+            )?;
         }
         if let Some(m) = sa.mode {
             sys::fchmod(fd, m & 0o7777)?;
@@ -878,7 +980,12 @@ impl OverlayFs {
             sys::ftruncate(fd, size)?;
         }
         if sa.atime.is_some() || sa.mtime.is_some() {
-            sys::utimensat(fd, OsStr::new(""), sa.atime.unwrap_or(SetTime::Omit), sa.mtime.unwrap_or(SetTime::Omit))?;
+            sys::utimensat(
+                fd,
+                OsStr::new(""),
+                sa.atime.unwrap_or(SetTime::Omit),
+                sa.mtime.unwrap_or(SetTime::Omit),
+            )?;
         }
         self.attr_of(node, None)
     }
@@ -1060,16 +1167,29 @@ impl OverlayFs {
     }
 
     /// FUSE `create`: makes and opens a regular file.
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, ctx: Ctx) -> Result<(Attr, Opened)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        ctx: Ctx,
+    ) -> Result<(Attr, Opened)> {
         let p = self.node(parent)?;
         let oflags = self.upper_open_flags(flags);
         let (n, fd) = self.create_node(&p, name, Kind::File, mode, ctx, &|d, nm, perm| {
-            let fd = sys::openat(d, nm, oflags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, (perm & 0o777) | 0o600)?;
+            let fd = sys::openat(
+                d,
+                nm,
+                oflags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                (perm & 0o777) | 0o600,
+            )?;
             Ok(Some(fd))
         })?;
         let attr = self.attr_of(&n, None)?;
         let file = Arc::new(File::from(fd.ok_or(Errno::EIO)?));
-        let opened = self.register_handle(&n, HFile::Upper(file.clone()), flags, Some(file), true)?;
+        let opened =
+            self.register_handle(&n, HFile::Upper(file.clone()), flags, Some(file), true)?;
         Ok((attr, opened))
     }
 
@@ -1115,7 +1235,9 @@ impl OverlayFs {
         let u = self.writable()?;
         let name = Upper::index_name(node.ino);
         let t = XTarget::At(u.index_fd(), &name);
-        let cur = sys::getxattr(t, OsStr::new(xattr::NLINK))?.and_then(|v| parse_u64(&v)).unwrap_or(1);
+        let cur = sys::getxattr(t, OsStr::new(xattr::NLINK))?
+            .and_then(|v| parse_u64(&v))
+            .unwrap_or(1);
         let next = (cur as i64 + delta).max(0) as u64;
         if next == 0 {
             let _ = sys::unlinkat(u.index_fd(), &name, 0);
@@ -1131,17 +1253,27 @@ impl OverlayFs {
     /// For a node with open files: an `O_PATH` fd of its upper inode, taken before a name is
     /// removed, kept if that was the last name (see `NodeState::orphan`).
     fn orphan_fd(&self, node: &Node) -> Option<Arc<OwnedFd>> {
-        if node.kind != Kind::File || node.opens.lock().unwrap_or_else(|e| e.into_inner()).count == 0 {
+        if node.kind != Kind::File
+            || node.opens.lock().unwrap_or_else(|e| e.into_inner()).count == 0
+        {
             return None;
         }
         if !Self::has_upper(node) {
             return None;
         }
         let (_h, fd, name) = self.upper_loc(node).ok()?;
-        sys::openat(fd, &name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok().map(Arc::new)
+        sys::openat(fd, &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .ok()
+            .map(Arc::new)
     }
 
-    fn drop_name(&self, node: &Arc<Node>, parent: u64, name: &OsStr, orphan: Option<Arc<OwnedFd>>) -> Result<()> {
+    fn drop_name(
+        &self,
+        node: &Arc<Node>,
+        parent: u64,
+        name: &OsStr,
+        orphan: Option<Arc<OwnedFd>>,
+    ) -> Result<()> {
         if node.st().indexed {
             self.adjust_index_nlink(node, -1)?;
         }
@@ -1152,7 +1284,9 @@ impl OverlayFs {
                 s.parent = p;
                 s.name = a;
                 let promoted_upper = match self.nodes.get(p).and_then(|pn| pn.st().dirfd.clone()) {
-                    Some(d) => matches!(sys::fstatat_opt(d.as_raw_fd(), &s.name), Ok(Some(st)) if !whiteout::is_whiteout(&st)),
+                    Some(d) => {
+                        matches!(sys::fstatat_opt(d.as_raw_fd(), &s.name), Ok(Some(st)) if !whiteout::is_whiteout(&st))
+                    }
                     None => false,
                 };
                 s.upper = promoted_upper;
@@ -1181,7 +1315,9 @@ impl OverlayFs {
         if node.kind != Kind::File || !self.cfg.index || Self::has_upper(node) {
             return Ok(());
         }
-        let Some((l, i)) = node.st().origin else { return Ok(()) };
+        let Some((l, i)) = node.st().origin else {
+            return Ok(());
+        };
         if self.lowers[l].getattr(i)?.nlink > 1 {
             // a file the mounting user may not read (rootless) cannot be copied: then a
             // metadata-only index entry keeps the count; the unlink never fails for this
@@ -1203,7 +1339,8 @@ impl OverlayFs {
         self.index_before_name_drop(&node)?;
         let dirfd = self.copy_up_dir_chain(&p)?;
         let dfd = dirfd.as_raw_fd();
-        let in_upper = matches!(sys::fstatat_opt(dfd, name)?, Some(st) if !whiteout::is_whiteout(&st));
+        let in_upper =
+            matches!(sys::fstatat_opt(dfd, name)?, Some(st) if !whiteout::is_whiteout(&st));
         // Not in the upper yet visible: a lower layer shows it.
         let lower = !in_upper || self.lower_visible(&p, name)?;
         if in_upper && crate::sidemeta::needs_side(node.kind) {
@@ -1269,16 +1406,27 @@ impl OverlayFs {
     // ---------------------------------------------------------------- rename
 
     /// Makes sure the name (`parent`, `name`) of `node` exists in the upper directory.
-    pub(crate) fn ensure_upper_name(&self, node: &Arc<Node>, parent: &Node, name: &OsStr) -> Result<()> {
+    pub(crate) fn ensure_upper_name(
+        &self,
+        node: &Arc<Node>,
+        parent: &Node,
+        name: &OsStr,
+    ) -> Result<()> {
         let dirfd = parent.st().dirfd.clone().ok_or(Errno::EIO)?;
-        if matches!(sys::fstatat_opt(dirfd.as_raw_fd(), name)?, Some(st) if !whiteout::is_whiteout(&st)) {
+        if matches!(sys::fstatat_opt(dirfd.as_raw_fd(), name)?, Some(st) if !whiteout::is_whiteout(&st))
+        {
             return Ok(());
         }
         if node.st().indexed {
             let u = self.writable()?;
             // a copy-up of this name: the merged parent does not change
             let times = crate::copyup::saved_times(dirfd.as_raw_fd());
-            let r = sys::linkat(u.index_fd(), &Upper::index_name(node.ino), dirfd.as_raw_fd(), name);
+            let r = sys::linkat(
+                u.index_fd(),
+                &Upper::index_name(node.ino),
+                dirfd.as_raw_fd(),
+                name,
+            );
             crate::copyup::restore_times(dirfd.as_raw_fd(), times);
             return r;
         }
@@ -1286,7 +1434,10 @@ impl OverlayFs {
             let mut s = node.st_mut();
             if !(s.parent == parent.ino && s.name == name) {
                 // copy up under this name
-                let old = (s.parent, std::mem::replace(&mut s.name, name.to_os_string()));
+                let old = (
+                    s.parent,
+                    std::mem::replace(&mut s.name, name.to_os_string()),
+                );
                 s.parent = parent.ino;
                 s.aliases.retain(|(p, a)| !(*p == parent.ino && a == name));
                 s.aliases.push(old);
@@ -1333,13 +1484,24 @@ impl OverlayFs {
     fn prepare_moved_dir(&self, dir: &Node, np: &Node, nname: &OsStr) -> Result<()> {
         let (fd, has_lower, lpath) = {
             let s = dir.st();
-            (s.dirfd.clone().ok_or(Errno::EIO)?, !s.lower_dirs.is_empty(), s.lpath.clone())
+            (
+                s.dirfd.clone().ok_or(Errno::EIO)?,
+                !s.lower_dirs.is_empty(),
+                s.lpath.clone(),
+            )
         };
         let names = sys::listxattr(XTarget::Fd(fd.as_raw_fd())).unwrap_or_default();
         if has_lower {
-            if !xattr::has(&names, xattr::USER_REDIRECT) && !xattr::has(&names, xattr::TRUSTED_REDIRECT) {
+            if !xattr::has(&names, xattr::USER_REDIRECT)
+                && !xattr::has(&names, xattr::TRUSTED_REDIRECT)
+            {
                 let lp = lpath.ok_or(Errno::EIO)?;
-                sys::setxattr(XTarget::Fd(fd.as_raw_fd()), OsStr::new(xattr::USER_REDIRECT), &lp, 0)?;
+                sys::setxattr(
+                    XTarget::Fd(fd.as_raw_fd()),
+                    OsStr::new(xattr::USER_REDIRECT),
+                    &lp,
+                    0,
+                )?;
             }
         } else if self.lower_visible(np, nname)? && !upper::is_opaque(fd.as_raw_fd(), &names)? {
             upper::set_opaque(fd.as_raw_fd())?;
@@ -1348,7 +1510,14 @@ impl OverlayFs {
     }
 
     /// FUSE `rename` (flags: `RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
         let u = self.writable()?;
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0
             || flags == libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE
@@ -1388,7 +1557,8 @@ impl OverlayFs {
         }
         let moving_lower_dir = |n: &Node| n.kind == Kind::Dir && !n.st().lower_dirs.is_empty();
         if !self.cfg.redirect_dir
-            && (moving_lower_dir(&src) || (exchange && dst.as_ref().is_some_and(|d| moving_lower_dir(d))))
+            && (moving_lower_dir(&src)
+                || (exchange && dst.as_ref().is_some_and(|d| moving_lower_dir(d))))
         {
             return Err(Errno::EXDEV);
         }
@@ -1412,7 +1582,10 @@ impl OverlayFs {
         let mut moving: Vec<&Arc<Node>> = std::iter::once(&src).chain(dst.iter()).collect();
         moving.sort_by_key(|n| n.ino);
         moving.dedup_by_key(|n| n.ino);
-        let _names: Vec<_> = moving.iter().map(|n| n.name_lock.write().unwrap_or_else(|e| e.into_inner())).collect();
+        let _names: Vec<_> = moving
+            .iter()
+            .map(|n| n.name_lock.write().unwrap_or_else(|e| e.into_inner()))
+            .collect();
         if exchange {
             let d = dst.as_ref().ok_or(Errno::ENOENT)?;
             self.ensure_upper_name(d, &np, newname)?;
@@ -1425,7 +1598,10 @@ impl OverlayFs {
             sys::renameat2(ofd, name, nfd, newname, libc::RENAME_EXCHANGE)?;
         } else {
             d_orphan = dst.as_ref().and_then(|d| self.orphan_fd(d));
-            if dst.as_ref().is_some_and(|d| crate::sidemeta::needs_side(d.kind)) {
+            if dst
+                .as_ref()
+                .is_some_and(|d| crate::sidemeta::needs_side(d.kind))
+            {
                 u.side_drop_if_last(nfd, newname);
             }
             if let Some(d) = &dst {
@@ -1525,7 +1701,9 @@ impl OverlayFs {
         let f = self.upper_open_flags(flags) | libc::O_NOFOLLOW;
         match sys::openat(fd, &name, f, 0) {
             Ok(fd) => Ok(File::from(fd)),
-            Err(Errno(libc::EACCES)) if self.cfg.writeback && flags & libc::O_ACCMODE == libc::O_WRONLY => {
+            Err(Errno(libc::EACCES))
+                if self.cfg.writeback && flags & libc::O_ACCMODE == libc::O_WRONLY =>
+            {
                 let f = (f & !libc::O_ACCMODE) | libc::O_WRONLY;
                 Ok(File::from(sys::openat(fd, &name, f, 0)?))
             }
@@ -1546,7 +1724,11 @@ impl OverlayFs {
         let mode = {
             let mut o = node.opens.lock().unwrap_or_else(|e| e.into_inner());
             let mode = if o.count == 0 {
-                if pt_on && backing.is_some() { Some(upper_backing) } else { None }
+                if pt_on && backing.is_some() {
+                    Some(upper_backing)
+                } else {
+                    None
+                }
             } else {
                 match o.passthrough {
                     // lower backing still in use and the data has moved up
@@ -1561,9 +1743,20 @@ impl OverlayFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.with_mut(fh, |m| {
-            m.insert(fh, Arc::new(Handle { node: node.clone(), file: RwLock::new(file), flags }))
+            m.insert(
+                fh,
+                Arc::new(Handle {
+                    node: node.clone(),
+                    file: RwLock::new(file),
+                    flags,
+                }),
+            )
         });
-        Ok(Opened { fh, keep_cache: true, passthrough: if mode.is_some() { backing } else { None } })
+        Ok(Opened {
+            fh,
+            keep_cache: true,
+            passthrough: if mode.is_some() { backing } else { None },
+        })
     }
 
     /// The adapter could not set up passthrough for this open: serve it through the cache.
@@ -1607,7 +1800,9 @@ impl OverlayFs {
         let (l, i) = origin.ok_or(Errno::EIO)?;
         let lf: Arc<dyn LowerFile> = Arc::from(self.lowers[l].open(i)?);
         let backing = if self.cfg.passthrough_lower {
-            lf.backing_file().and_then(|f| f.try_clone().ok()).map(Arc::new)
+            lf.backing_file()
+                .and_then(|f| f.try_clone().ok())
+                .map(Arc::new)
         } else {
             None
         };
@@ -1729,7 +1924,14 @@ impl OverlayFs {
     }
 
     /// FUSE `copy_file_range`.
-    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<usize> {
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<usize> {
         self.writable()?;
         let hin = self.handle(fh_in)?;
         self.refresh_handle(&hin)?;
@@ -1743,7 +1945,9 @@ impl OverlayFs {
         if let Some(fd) = in_fd {
             match sys::copy_file_range(fd, off_in, out.as_raw_fd(), off_out, len) {
                 Ok(n) => return Ok(n),
-                Err(Errno(libc::EXDEV)) | Err(Errno(libc::EOPNOTSUPP)) | Err(Errno(libc::ENOSYS)) => {}
+                Err(Errno(libc::EXDEV))
+                | Err(Errno(libc::EOPNOTSUPP))
+                | Err(Errno(libc::ENOSYS)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -1801,10 +2005,18 @@ impl OverlayFs {
                         .into_iter()
                         .find(|(k, _)| k.as_bytes() == xattr::ORIGIN.as_bytes())
                         .map(|(_, v)| v),
-                    _ => sys::getxattr(XTarget::At(fd, &e.name), OsStr::new(xattr::ORIGIN)).ok().flatten(),
+                    _ => sys::getxattr(XTarget::At(fd, &e.name), OsStr::new(xattr::ORIGIN))
+                        .ok()
+                        .flatten(),
                 };
-                let ino = origin.and_then(|v| parse_u64(&v)).unwrap_or_else(|| self.nodes.inos.upper(e.ino));
-                out.push(DirEntry { name: e.name, kind, ino });
+                let ino = origin
+                    .and_then(|v| parse_u64(&v))
+                    .unwrap_or_else(|| self.nodes.inos.upper(e.ino));
+                out.push(DirEntry {
+                    name: e.name,
+                    kind,
+                    ino,
+                });
             }
         }
         let ix = if self.cfg.lower_index_entries > 0 && !dirs.is_empty() {
@@ -1818,28 +2030,38 @@ impl OverlayFs {
                 if !seen.is_empty() && seen.contains(name) {
                     continue;
                 }
-                out.push(DirEntry { name: name.to_os_string(), kind: e.kind, ino: self.nodes.inos.lower(layer, e.ino) });
+                out.push(DirEntry {
+                    name: name.to_os_string(),
+                    kind: e.kind,
+                    ino: self.nodes.inos.lower(layer, e.ino),
+                });
             }
         }
         for &(layer, d) in if ix.is_some() { &[][..] } else { &dirs[..] } {
             let mut err = None;
-            self.lowers[layer].read_dir(d, None, &mut |name, e| {
-                if seen.contains(name) {
-                    return true;
-                }
-                seen.insert(name.to_os_string());
-                if e.kind != Kind::Whiteout {
-                    out.push(DirEntry { name: name.to_os_string(), kind: e.kind, ino: self.nodes.inos.lower(layer, e.ino) });
-                }
-                true
-            })
-            .unwrap_or_else(|e| err = Some(e));
+            self.lowers[layer]
+                .read_dir(d, None, &mut |name, e| {
+                    if seen.contains(name) {
+                        return true;
+                    }
+                    seen.insert(name.to_os_string());
+                    if e.kind != Kind::Whiteout {
+                        out.push(DirEntry {
+                            name: name.to_os_string(),
+                            kind: e.kind,
+                            ino: self.nodes.inos.lower(layer, e.ino),
+                        });
+                    }
+                    true
+                })
+                .unwrap_or_else(|e| err = Some(e));
             if let Some(e) = err {
                 return Err(e);
             }
         }
         let l: Listing = Arc::new(out);
-        self.dircache.put_if_unchanged(node.ino, l.clone(), generation);
+        self.dircache
+            .put_if_unchanged(node.ino, l.clone(), generation);
         Ok(l)
     }
 
@@ -1852,8 +2074,16 @@ impl OverlayFs {
         let generation = self.dircache.generation(ino);
         let parent = node.st().parent;
         let mut full = vec![
-            DirEntry { name: ".".into(), kind: Kind::Dir, ino },
-            DirEntry { name: "..".into(), kind: Kind::Dir, ino: parent },
+            DirEntry {
+                name: ".".into(),
+                kind: Kind::Dir,
+                ino,
+            },
+            DirEntry {
+                name: "..".into(),
+                kind: Kind::Dir,
+                ino: parent,
+            },
         ];
         full.extend(self.listing(&node)?.iter().cloned());
         Ok((Arc::new(full), generation))
@@ -1957,7 +2187,10 @@ impl OverlayFs {
             let (l, i) = node.st().origin.ok_or(Errno::EIO)?;
             self.lowers[l].list_xattrs(i)?
         };
-        Ok(names.into_iter().filter(|n| !xattr::is_internal(n)).collect())
+        Ok(names
+            .into_iter()
+            .filter(|n| !xattr::is_internal(n))
+            .collect())
     }
 
     /// FUSE `setxattr`.

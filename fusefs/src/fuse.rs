@@ -19,9 +19,8 @@ use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Config, CopyFileRangeFlags, Errno as FErrno, FileAttr,
     FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
-    TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::config::MountConfig;
@@ -93,7 +92,11 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 fn ctx(req: &Request) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
 }
 
 /// The fuser filesystem: a thin shell over [`OverlayFs`].
@@ -117,7 +120,41 @@ pub struct FuseFs {
 }
 
 /// Names of the counted operations, in the order of [`FuseFs::tick`] indexes.
-const OPS: [&str; 33] = ["lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "open", "read", "write", "flush", "release", "fsync", "opendir", "readdir", "readdirplus", "releasedir", "fsyncdir", "statfs", "setxattr", "getxattr", "listxattr", "removexattr", "access", "create", "fallocate", "lseek", "copy_file_range"];
+const OPS: [&str; 33] = [
+    "lookup",
+    "forget",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "read",
+    "write",
+    "flush",
+    "release",
+    "fsync",
+    "opendir",
+    "readdir",
+    "readdirplus",
+    "releasedir",
+    "fsyncdir",
+    "statfs",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "access",
+    "create",
+    "fallocate",
+    "lseek",
+    "copy_file_range",
+];
 
 impl std::fmt::Debug for FuseFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,7 +164,13 @@ impl std::fmt::Debug for FuseFs {
 
 impl FuseFs {
     /// Wraps `fs`; `ttl` is how long the kernel may cache entries and attributes.
-    pub fn new(fs: Arc<OverlayFs>, ttl: Duration, passthrough: bool, writeback: bool, readdirplus: bool) -> FuseFs {
+    pub fn new(
+        fs: Arc<OverlayFs>,
+        ttl: Duration,
+        passthrough: bool,
+        writeback: bool,
+        readdirplus: bool,
+    ) -> FuseFs {
         FuseFs {
             readdirplus,
             destroyed: None,
@@ -138,8 +181,14 @@ impl FuseFs {
             backings: Mutex::new(HashMap::new()),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
             notifier: Arc::new(std::sync::OnceLock::new()),
-            stats: std::env::var_os("STACKO_OVERLAY_STATS")
-                .map(|p| (p.into(), OPS.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect())),
+            stats: std::env::var_os("STACKO_OVERLAY_STATS").map(|p| {
+                (
+                    p.into(),
+                    OPS.iter()
+                        .map(|_| std::sync::atomic::AtomicU64::new(0))
+                        .collect(),
+                )
+            }),
         }
     }
 
@@ -171,7 +220,11 @@ impl FuseFs {
 
     fn reply_open(&self, fh_ino: u64, o: Opened, reply: ReplyOpen) {
         let flags = FopenFlags::FOPEN_NOFLUSH
-            | if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+            | if o.keep_cache {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
         if let Some(file) = &o.passthrough {
             let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
             let id = match b.get(&fh_ino) {
@@ -213,7 +266,9 @@ impl Filesystem for FuseFs {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         if self.readdirplus {
-            let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+            let _ = config.add_capabilities(
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            );
         }
         for cap in [
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -335,7 +390,16 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         self.tick(5);
         match self.fs.mknod(parent.0, name, mode, rdev as u64, ctx(req)) {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
@@ -343,7 +407,15 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         self.tick(6);
         match self.fs.mkdir(parent.0, name, mode, ctx(req)) {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
@@ -367,9 +439,19 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         self.tick(9);
-        match self.fs.symlink(parent.0, link_name, target.as_os_str(), ctx(req)) {
+        match self
+            .fs
+            .symlink(parent.0, link_name, target.as_os_str(), ctx(req))
+        {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
@@ -386,13 +468,23 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.tick(10);
-        match self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+        match self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.tick(11);
         match self.fs.link(ino.0, newparent.0, newname) {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
@@ -404,7 +496,9 @@ impl Filesystem for FuseFs {
         self.tick(12);
         let _g = self.open_lock(ino.0);
         // O_TRUNC by an unprivileged caller clears set-id bits (FUSE_HANDLE_KILLPRIV_V2)
-        let kill = flags.0 & libc::O_TRUNC != 0 && flags.0 & libc::O_ACCMODE != libc::O_RDONLY && req.uid() != 0;
+        let kill = flags.0 & libc::O_TRUNC != 0
+            && flags.0 & libc::O_ACCMODE != libc::O_RDONLY
+            && req.uid() != 0;
         let res = self.fs.open(ino.0, flags.0).and_then(|o| {
             if kill {
                 match self.fs.kill_suidgid(ino.0) {
@@ -472,7 +566,14 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         self.tick(15);
         match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
@@ -493,12 +594,22 @@ impl Filesystem for FuseFs {
         self.tick(16);
         let _g = self.open_lock(_ino.0);
         if let Some(ino) = self.fs.release(fh.0) {
-            self.backings.lock().unwrap_or_else(|e| e.into_inner()).remove(&ino);
+            self.backings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino);
         }
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.tick(17);
         match self.fs.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
@@ -509,12 +620,22 @@ impl Filesystem for FuseFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.tick(18);
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         self.tick(19);
         let l = match self.fs.readdir(fh.0, offset) {
             Ok(l) => l,
@@ -528,7 +649,14 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         self.tick(20);
         let l = match self.fs.readdir(fh.0, offset) {
             Ok(l) => l,
@@ -547,7 +675,14 @@ impl Filesystem for FuseFs {
                     Err(_) => continue,
                 }
             };
-            if reply.add(INodeNo(attr.ino), i as u64 + 1, &e.name, &self.ttl, &file_attr(&attr), Generation(0)) {
+            if reply.add(
+                INodeNo(attr.ino),
+                i as u64 + 1,
+                &e.name,
+                &self.ttl,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
                 if !dots {
                     self.fs.forget(attr.ino, 1);
                 }
@@ -557,13 +692,27 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.tick(21);
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.tick(22);
         match self.fs.fsyncdir(ino.0, datasync) {
             Ok(()) => reply.ok(),
@@ -687,17 +836,39 @@ impl Filesystem for FuseFs {
                         },
                     };
                     if let Some(id) = id {
-                        reply.created_passthrough(&self.ttl, &fa, Generation(0), FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id);
+                        reply.created_passthrough(
+                            &self.ttl,
+                            &fa,
+                            Generation(0),
+                            FileHandle(o.fh),
+                            FopenFlags::FOPEN_NOFLUSH,
+                            &id,
+                        );
                         return;
                     }
                 }
-                reply.created(&self.ttl, &fa, Generation(0), FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
+                reply.created(
+                    &self.ttl,
+                    &fa,
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                )
             }
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         self.tick(30);
         match self.fs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
@@ -705,7 +876,15 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         self.tick(31);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
@@ -727,7 +906,10 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         self.tick(32);
-        match self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
@@ -743,7 +925,9 @@ pub struct Mounted {
 
 impl std::fmt::Debug for Mounted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mounted").field("mountpoint", &self.mountpoint).finish()
+        f.debug_struct("Mounted")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
     }
 }
 
@@ -764,11 +948,18 @@ impl Unmounter {
         if e.raw_os_error() != Some(libc::EPERM) {
             return Err(e);
         }
-        let st = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mountpoint).status()?;
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mountpoint)
+            .status()?;
         if st.success() {
             Ok(())
         } else {
-            Err(io::Error::other(format!("fusermount3 -u {} failed", self.mountpoint.display())))
+            Err(io::Error::other(format!(
+                "fusermount3 -u {} failed",
+                self.mountpoint.display()
+            )))
         }
     }
 }
@@ -776,7 +967,9 @@ impl Unmounter {
 impl Mounted {
     /// A handle to unmount from elsewhere.
     pub fn unmounter(&self) -> Unmounter {
-        Unmounter { mountpoint: self.mountpoint.clone() }
+        Unmounter {
+            mountpoint: self.mountpoint.clone(),
+        }
     }
 
     /// Serves requests until the filesystem is unmounted.
@@ -809,15 +1002,28 @@ pub fn plan(cfg: &MountConfig) -> Plan {
     let root = sys::geteuid() == 0;
     let passthrough = cfg.passthrough.unwrap_or(root);
     let writeback = !passthrough && cfg.writeback.unwrap_or(true);
-    Plan { passthrough, writeback, allow_other: cfg.allow_other.unwrap_or(root) }
+    Plan {
+        passthrough,
+        writeback,
+        allow_other: cfg.allow_other.unwrap_or(root),
+    }
 }
 
 /// Mounts `fs` at `mountpoint` (direct `mount(2)` as root, `fusermount3` otherwise) and
 /// completes the FUSE handshake, so the mount is usable when this returns.
-pub fn mount(fs: Arc<OverlayFs>, cfg: &MountConfig, plan: &Plan, mountpoint: &Path) -> io::Result<Mounted> {
+pub fn mount(
+    fs: Arc<OverlayFs>,
+    cfg: &MountConfig,
+    plan: &Plan,
+    mountpoint: &Path,
+) -> io::Result<Mounted> {
     let root = sys::geteuid() == 0;
     let mut opts = vec![
-        MountOption::FSName(cfg.fsname.clone().unwrap_or_else(|| "stacko-overlay".into())),
+        MountOption::FSName(
+            cfg.fsname
+                .clone()
+                .unwrap_or_else(|| "stacko-overlay".into()),
+        ),
         MountOption::Subtype("stacko-overlay".into()),
         MountOption::DefaultPermissions,
     ];
@@ -849,15 +1055,29 @@ pub fn mount(fs: Arc<OverlayFs>, cfg: &MountConfig, plan: &Plan, mountpoint: &Pa
     }
     let mut config = Config::default();
     config.mount_options = opts;
-    config.acl = if plan.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if plan.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    let mut ffs = FuseFs::new(fs, cfg.ttl, plan.passthrough, plan.writeback, cfg.readdirplus);
+    let mut ffs = FuseFs::new(
+        fs,
+        cfg.ttl,
+        plan.passthrough,
+        plan.writeback,
+        cfg.readdirplus,
+    );
     let (tx, rx) = crossbeam_channel::bounded(1);
     ffs.destroyed = Some(tx);
     let mountpoint = std::fs::canonicalize(mountpoint)?;
     let notifier = ffs.notifier.clone();
     let session = Session::new(ffs, &mountpoint, &config)?;
     let _ = notifier.set(session.notifier());
-    Ok(Mounted { session, mountpoint, destroyed: rx })
+    Ok(Mounted {
+        session,
+        mountpoint,
+        destroyed: rx,
+    })
 }

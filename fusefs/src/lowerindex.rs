@@ -68,7 +68,9 @@ impl Hits {
 
     fn push(&mut self, layer: u32, e: LowerEntry) {
         match self {
-            Hits::One([(l, e0)]) => *self = Hits::Many(vec![(*l, *e0), (layer, e)].into_boxed_slice()),
+            Hits::One([(l, e0)]) => {
+                *self = Hits::Many(vec![(*l, *e0), (layer, e)].into_boxed_slice())
+            }
             Hits::Many(v) => {
                 let mut nv = std::mem::take(v).into_vec();
                 nv.push((layer, e));
@@ -100,7 +102,11 @@ struct Building {
 impl DirIndex {
     /// Builds the index of `chain` by reading every layer's listing once. Returns `None` if
     /// more than `max_entries` names turn up.
-    pub fn build(lowers: &[Arc<dyn Lower>], chain: &[LowerRef], max_entries: usize) -> Result<Option<DirIndex>> {
+    pub fn build(
+        lowers: &[Arc<dyn Lower>],
+        chain: &[LowerRef],
+        max_entries: usize,
+    ) -> Result<Option<DirIndex>> {
         let mut map: HashMap<Box<[u8]>, Building> = HashMap::new();
         let mut too_big = false;
         for &(layer, dir) in chain {
@@ -114,9 +120,15 @@ impl DirIndex {
                                 return false;
                             }
                             let b = if e.kind == Kind::Whiteout {
-                                Building { hits: None, closed: true }
+                                Building {
+                                    hits: None,
+                                    closed: true,
+                                }
                             } else {
-                                Building { hits: Some(Hits::one(layer, e)), closed: e.kind != Kind::Dir }
+                                Building {
+                                    hits: Some(Hits::one(layer, e)),
+                                    closed: e.kind != Kind::Dir,
+                                }
                             };
                             map.insert(name.as_bytes().into(), b);
                         }
@@ -144,8 +156,14 @@ impl DirIndex {
                 return Ok(None);
             }
         }
-        let names = map.into_iter().filter_map(|(n, b)| b.hits.map(|h| (n, h))).collect();
-        Ok(Some(DirIndex { chain: chain.into(), names }))
+        let names = map
+            .into_iter()
+            .filter_map(|(n, b)| b.hits.map(|h| (n, h)))
+            .collect();
+        Ok(Some(DirIndex {
+            chain: chain.into(),
+            names,
+        }))
     }
 
     /// The layers holding `name`, or `None` if no lower layer shows it.
@@ -165,7 +183,9 @@ impl DirIndex {
 
     /// Every visible name with its topmost (layer, entry), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&OsStr, (usize, LowerEntry))> {
-        self.names.iter().map(|(n, h)| (OsStr::from_bytes(n), h.top()))
+        self.names
+            .iter()
+            .map(|(n, h)| (OsStr::from_bytes(n), h.top()))
     }
 
     /// The chain this index merges.
@@ -193,7 +213,10 @@ pub struct LowerIndex {
 impl std::fmt::Debug for LowerIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        f.debug_struct("LowerIndex").field("dirs", &g.dirs.len()).field("entries", &g.entries).finish()
+        f.debug_struct("LowerIndex")
+            .field("dirs", &g.dirs.len())
+            .field("entries", &g.entries)
+            .finish()
     }
 }
 
@@ -205,9 +228,18 @@ impl LowerIndex {
     /// A cache of at most `max_dirs` indexes holding at most `max_entries` names in all;
     /// one chain may hold at most `max_dir_entries` names to be indexed; `max_names`
     /// per-name answers are kept for unindexed chains.
-    pub fn new(max_dirs: usize, max_entries: usize, max_dir_entries: usize, max_names: usize) -> LowerIndex {
+    pub fn new(
+        max_dirs: usize,
+        max_entries: usize,
+        max_dir_entries: usize,
+        max_names: usize,
+    ) -> LowerIndex {
         LowerIndex {
-            inner: Mutex::new(Inner { dirs: LruCache::new(nz(max_dirs)), entries: 0, too_big: LruCache::new(nz(max_dirs)) }),
+            inner: Mutex::new(Inner {
+                dirs: LruCache::new(nz(max_dirs)),
+                entries: 0,
+                too_big: LruCache::new(nz(max_dirs)),
+            }),
             names: Mutex::new(LruCache::new(nz(max_names))),
             max_entries: max_entries.max(1),
             max_dir_entries: max_dir_entries.min(max_entries).max(1),
@@ -239,11 +271,17 @@ impl LowerIndex {
     }
 
     /// The index of `chain`, built (and cached) if needed; `None` if it is too big.
-    pub fn get_or_build(&self, lowers: &[Arc<dyn Lower>], chain: &[LowerRef]) -> Result<Option<Arc<DirIndex>>> {
+    pub fn get_or_build(
+        &self,
+        lowers: &[Arc<dyn Lower>],
+        chain: &[LowerRef],
+    ) -> Result<Option<Arc<DirIndex>>> {
         if let Some(ix) = self.get(chain) {
             return Ok(Some(ix));
         }
-        let Some(&top) = chain.first() else { return Ok(None) };
+        let Some(&top) = chain.first() else {
+            return Ok(None);
+        };
         if self.is_too_big(chain) {
             return Ok(None);
         }
@@ -276,7 +314,11 @@ impl LowerIndex {
     pub fn get_name(&self, chain: &[LowerRef], name: &OsStr) -> Option<Option<Hits>> {
         let top = *chain.first()?;
         let key = (top, chain.len(), name.to_os_string());
-        self.names.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
     }
 
     /// Remembers a per-name answer for an unindexed chain.
@@ -298,7 +340,11 @@ impl LowerIndex {
 
 /// Walks `chain` layer by layer for `name` (the unindexed path), returning what an index
 /// would hold for it.
-pub fn walk_layers(lowers: &[Arc<dyn Lower>], chain: &[LowerRef], name: &OsStr) -> Result<Option<Hits>> {
+pub fn walk_layers(
+    lowers: &[Arc<dyn Lower>],
+    chain: &[LowerRef],
+    name: &OsStr,
+) -> Result<Option<Hits>> {
     let mut hits: Option<Hits> = None;
     for &(layer, d) in chain {
         match lowers[layer].lookup(d, name)? {

@@ -39,8 +39,9 @@ pub struct InoMap {
 impl InoMap {
     fn overflow(&self, tag: u64, v: u64) -> u64 {
         let mut m = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((tag, v))
-            .or_insert_with(|| (OVERFLOW_TAG << SHIFT) | (self.next.fetch_add(1, Ordering::Relaxed) + 1))
+        *m.entry((tag, v)).or_insert_with(|| {
+            (OVERFLOW_TAG << SHIFT) | (self.next.fetch_add(1, Ordering::Relaxed) + 1)
+        })
     }
 
     /// Number of a node whose topmost origin is `lower inode` in `layer`.
@@ -205,7 +206,10 @@ pub struct NodeTable {
 impl NodeTable {
     /// An empty table.
     pub fn new() -> Self {
-        NodeTable { nodes: ShardedMap::new(), inos: InoMap::default() }
+        NodeTable {
+            nodes: ShardedMap::new(),
+            inos: InoMap::default(),
+        }
     }
 
     /// The node numbered `ino`.
@@ -332,8 +336,15 @@ mod tests {
     #[test]
     fn forget_removes_and_unpins_parents() {
         let t = NodeTable::new();
-        t.insert_root(Node::new(ROOT_INO, Kind::Dir, NodeState::new(ROOT_INO, "".into())));
-        let (d, _) = t.get_or_insert(Node::new(10, Kind::Dir, NodeState::new(ROOT_INO, "d".into())), 1);
+        t.insert_root(Node::new(
+            ROOT_INO,
+            Kind::Dir,
+            NodeState::new(ROOT_INO, "".into()),
+        ));
+        let (d, _) = t.get_or_insert(
+            Node::new(10, Kind::Dir, NodeState::new(ROOT_INO, "d".into())),
+            1,
+        );
         let (f, _) = t.get_or_insert(Node::new(11, Kind::File, NodeState::new(10, "f".into())), 2);
         assert_eq!(d.refs.load(Ordering::Relaxed), 2);
         t.forget(10, 1);

@@ -41,8 +41,12 @@ impl OverlayFs {
 
     /// Whether (`parent`, `name`) exists in the upper as a real entry (not a whiteout).
     fn upper_has(&self, parent: &Node, name: &OsStr) -> Result<bool> {
-        let Some(d) = parent.st().dirfd.clone() else { return Ok(false) };
-        Ok(matches!(sys::fstatat_opt(d.as_raw_fd(), name)?, Some(st) if !whiteout::is_whiteout(&st)))
+        let Some(d) = parent.st().dirfd.clone() else {
+            return Ok(false);
+        };
+        Ok(
+            matches!(sys::fstatat_opt(d.as_raw_fd(), name)?, Some(st) if !whiteout::is_whiteout(&st)),
+        )
     }
 
     /// Walks the merged tree and rewrites what kernel overlayfs (`userxattr`: no metacopy,
@@ -59,7 +63,13 @@ impl OverlayFs {
 
     /// Prepares directory `dir`. `materialize`: an ancestor is being materialized, so every
     /// lower entry below must be copied up.
-    fn prepare_dir(&self, dir: &Arc<Node>, materialize: bool, everywhere: bool, stats: &mut PrepareStats) -> Result<()> {
+    fn prepare_dir(
+        &self,
+        dir: &Arc<Node>,
+        materialize: bool,
+        everywhere: bool,
+        stats: &mut PrepareStats,
+    ) -> Result<()> {
         let (dirfd, has_lower) = {
             let s = dir.st();
             (s.dirfd.clone(), !s.lower_dirs.is_empty())

@@ -54,7 +54,9 @@ fn shard_of(key: u64) -> usize {
 impl<V> ShardedMap<V> {
     /// An empty map.
     pub fn new() -> Self {
-        ShardedMap { shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect() }
+        ShardedMap {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+        }
     }
 
     fn shard(&self, key: u64) -> &RwLock<Shard<V>> {

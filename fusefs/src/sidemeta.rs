@@ -37,7 +37,12 @@ pub fn key(dirfd: RawFd, name: &OsStr) -> Result<OsString> {
         libc::statx(
             dirfd,
             c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 },
+            libc::AT_SYMLINK_NOFOLLOW
+                | if name.is_empty() {
+                    libc::AT_EMPTY_PATH
+                } else {
+                    0
+                },
             libc::STATX_INO | libc::STATX_BTIME,
             &mut stx,
         )
@@ -57,7 +62,12 @@ impl Upper {
     /// Sets bookkeeping xattr `xname` of the inode at `name` in `dirfd`.
     pub fn side_set(&self, dirfd: RawFd, name: &OsStr, xname: &str, value: &[u8]) -> Result<()> {
         let k = key(dirfd, name)?;
-        let f = sys::openat(self.side_fd(), &k, libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW, 0o600)?;
+        let f = sys::openat(
+            self.side_fd(),
+            &k,
+            libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW,
+            0o600,
+        )?;
         sys::setxattr(XTarget::Fd(f.as_raw_fd()), OsStr::new(xname), value, 0)
     }
 
@@ -73,13 +83,19 @@ impl Upper {
 
     /// The bookkeeping xattrs (name, value) of the inode at `name` in `dirfd`.
     pub fn side_get_all(&self, dirfd: RawFd, name: &OsStr) -> Vec<(OsString, Vec<u8>)> {
-        let Ok(k) = key(dirfd, name) else { return Vec::new() };
+        let Ok(k) = key(dirfd, name) else {
+            return Vec::new();
+        };
         let t = XTarget::At(self.side_fd(), &k);
-        let Ok(names) = sys::listxattr(t) else { return Vec::new() };
+        let Ok(names) = sys::listxattr(t) else {
+            return Vec::new();
+        };
         names
             .into_iter()
             .filter_map(|n| {
-                let v = sys::getxattr(XTarget::At(self.side_fd(), &k), &n).ok().flatten()?;
+                let v = sys::getxattr(XTarget::At(self.side_fd(), &k), &n)
+                    .ok()
+                    .flatten()?;
                 Some((n, v))
             })
             .collect()

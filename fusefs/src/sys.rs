@@ -63,7 +63,12 @@ pub fn fstat(fd: RawFd) -> Result<libc::stat> {
 pub fn openat(dirfd: RawFd, name: &OsStr, flags: i32, mode: u32) -> Result<OwnedFd> {
     let c = cstr(name)?;
     let fd = check(unsafe {
-        libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint)
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
     })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -72,7 +77,11 @@ pub fn openat(dirfd: RawFd, name: &OsStr, flags: i32, mode: u32) -> Result<Owned
 pub fn open_dir(dirfd: RawFd, name: &OsStr) -> Result<OwnedFd> {
     openat(
         dirfd,
-        if name.is_empty() { OsStr::new(".") } else { name },
+        if name.is_empty() {
+            OsStr::new(".")
+        } else {
+            name
+        },
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
         0,
     )
@@ -186,9 +195,18 @@ pub enum SetTime {
 
 fn timespec(t: SetTime) -> libc::timespec {
     match t {
-        SetTime::Omit => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        SetTime::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        SetTime::At(s, ns) => libc::timespec { tv_sec: s, tv_nsec: ns },
+        SetTime::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        SetTime::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        SetTime::At(s, ns) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: ns,
+        },
     }
 }
 
@@ -216,7 +234,12 @@ pub fn ftruncate(fd: RawFd, size: u64) -> Result<()> {
 pub fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> Result<usize> {
     loop {
         let r = unsafe {
-            libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset as libc::off_t)
+            libc::pread(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                offset as libc::off_t,
+            )
         };
         match check_ssize(r) {
             Err(Errno(libc::EINTR)) => continue,
@@ -266,7 +289,13 @@ pub fn pwrite_all(fd: RawFd, buf: &[u8], offset: u64) -> Result<usize> {
 }
 
 /// `copy_file_range` between two fds at explicit offsets; returns bytes copied.
-pub fn copy_file_range(fd_in: RawFd, off_in: u64, fd_out: RawFd, off_out: u64, len: usize) -> Result<usize> {
+pub fn copy_file_range(
+    fd_in: RawFd,
+    off_in: u64,
+    fd_out: RawFd,
+    off_out: u64,
+    len: usize,
+) -> Result<usize> {
     let mut oi = off_in as libc::loff_t;
     let mut oo = off_out as libc::loff_t;
     let r = unsafe { libc::copy_file_range(fd_in, &mut oi, fd_out, &mut oo, len, 0) };
@@ -321,7 +350,12 @@ pub struct RawDirent {
 
 /// Lists a directory (without `.` and `..`), given an fd of it.
 pub fn list_dir(dirfd: RawFd) -> Result<Vec<RawDirent>> {
-    let fd = openat(dirfd, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let fd = openat(
+        dirfd,
+        OsStr::new("."),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
     let raw = fd.as_raw_fd();
     let dir = unsafe { libc::fdopendir(raw) };
     if dir.is_null() {
@@ -394,12 +428,20 @@ struct XattrArgs {
 
 /// Runs an `*xattrat` call on (`dirfd`, `name`) without following symlinks; `None` when
 /// the kernel does not have it (the caller then uses the `/proc` path).
-fn xattrat(call: impl FnOnce(libc::c_int, *const libc::c_char, libc::c_uint) -> libc::c_long, dirfd: RawFd, name: &CStr) -> Option<libc::c_long> {
+fn xattrat(
+    call: impl FnOnce(libc::c_int, *const libc::c_char, libc::c_uint) -> libc::c_long,
+    dirfd: RawFd,
+    name: &CStr,
+) -> Option<libc::c_long> {
     use std::sync::atomic::Ordering;
     if NO_XATTRAT.load(Ordering::Relaxed) {
         return None;
     }
-    let r = call(dirfd, name.as_ptr(), libc::AT_SYMLINK_NOFOLLOW as libc::c_uint);
+    let r = call(
+        dirfd,
+        name.as_ptr(),
+        libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+    );
     if r < 0 && Errno::last() == Errno::ENOSYS {
         NO_XATTRAT.store(true, Ordering::Relaxed);
         return None;
@@ -420,8 +462,20 @@ pub fn getxattr(t: XTarget<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
         if let Some((d, p)) = &at {
             let r = xattrat(
                 |fd, pp, fl| unsafe {
-                    let args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
-                    libc::syscall(SYS_GETXATTRAT, fd, pp, fl, n.as_ptr(), &args as *const XattrArgs, std::mem::size_of::<XattrArgs>())
+                    let args = XattrArgs {
+                        value: buf.as_mut_ptr() as u64,
+                        size: buf.len() as u32,
+                        flags: 0,
+                    };
+                    libc::syscall(
+                        SYS_GETXATTRAT,
+                        fd,
+                        pp,
+                        fl,
+                        n.as_ptr(),
+                        &args as *const XattrArgs,
+                        std::mem::size_of::<XattrArgs>(),
+                    )
                 },
                 *d,
                 p,
@@ -450,7 +504,9 @@ pub fn getxattr(t: XTarget<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
         }
         let r = unsafe {
             match (&path, t) {
-                (Some(p), _) => libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+                (Some(p), _) => {
+                    libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                }
                 (None, XTarget::Fd(fd)) | (None, XTarget::At(fd, _)) => {
                     libc::fgetxattr(fd, n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
                 }
@@ -475,10 +531,22 @@ pub fn setxattr(t: XTarget<'_>, name: &OsStr, value: &[u8], flags: i32) -> Resul
         match t {
             XTarget::At(d, p) if !p.is_empty() => {
                 let pc = cstr(p)?;
-                let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: flags as u32 };
+                let args = XattrArgs {
+                    value: value.as_ptr() as u64,
+                    size: value.len() as u32,
+                    flags: flags as u32,
+                };
                 match xattrat(
                     |fd, pp, fl| {
-                        libc::syscall(SYS_SETXATTRAT, fd, pp, fl, n.as_ptr(), &args as *const XattrArgs, std::mem::size_of::<XattrArgs>())
+                        libc::syscall(
+                            SYS_SETXATTRAT,
+                            fd,
+                            pp,
+                            fl,
+                            n.as_ptr(),
+                            &args as *const XattrArgs,
+                            std::mem::size_of::<XattrArgs>(),
+                        )
                     },
                     d,
                     &pc,
@@ -486,7 +554,13 @@ pub fn setxattr(t: XTarget<'_>, name: &OsStr, value: &[u8], flags: i32) -> Resul
                     Some(r) => r as libc::c_int,
                     None => {
                         let path = proc_path(d, p)?;
-                        libc::lsetxattr(path.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+                        libc::lsetxattr(
+                            path.as_ptr(),
+                            n.as_ptr(),
+                            value.as_ptr().cast(),
+                            value.len(),
+                            flags,
+                        )
                     }
                 }
             }
@@ -506,7 +580,11 @@ pub fn removexattr(t: XTarget<'_>, name: &OsStr) -> Result<()> {
         match t {
             XTarget::At(d, p) if !p.is_empty() => {
                 let pc = cstr(p)?;
-                match xattrat(|fd, pp, fl| libc::syscall(SYS_REMOVEXATTRAT, fd, pp, fl, n.as_ptr()), d, &pc) {
+                match xattrat(
+                    |fd, pp, fl| libc::syscall(SYS_REMOVEXATTRAT, fd, pp, fl, n.as_ptr()),
+                    d,
+                    &pc,
+                ) {
                     Some(r) => r as libc::c_int,
                     None => {
                         let path = proc_path(d, p)?;
@@ -532,7 +610,9 @@ pub fn listxattr(t: XTarget<'_>) -> Result<Vec<OsString>> {
     loop {
         let via_at = match &at {
             Some((d, p)) => xattrat(
-                |fd, pp, fl| unsafe { libc::syscall(SYS_LISTXATTRAT, fd, pp, fl, buf.as_mut_ptr(), buf.len()) },
+                |fd, pp, fl| unsafe {
+                    libc::syscall(SYS_LISTXATTRAT, fd, pp, fl, buf.as_mut_ptr(), buf.len())
+                },
                 *d,
                 p,
             ),
@@ -546,7 +626,9 @@ pub fn listxattr(t: XTarget<'_>) -> Result<Vec<OsString>> {
         let r = unsafe {
             match (via_at, &path, t) {
                 (Some(r), _, _) => r as libc::ssize_t,
-                (None, Some(p), _) => libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+                (None, Some(p), _) => {
+                    libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                }
                 (None, None, XTarget::Fd(fd)) | (None, None, XTarget::At(fd, _)) => {
                     libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len())
                 }
@@ -586,7 +668,10 @@ pub fn is_whiteout_stat(st: &libc::stat) -> bool {
 /// Raises the soft open-file limit to the hard limit (the daemon holds a directory fd for
 /// every directory that has an upper part, and one fd per open file).
 pub fn raise_nofile_limit() {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
             rl.rlim_cur = rl.rlim_max;

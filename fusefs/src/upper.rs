@@ -64,7 +64,10 @@ pub struct Upper {
 fn open_path_dir(p: &Path) -> Result<OwnedFd> {
     let c = sys::cstr(p.as_os_str())?;
     let fd = unsafe {
-        libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
     };
     if fd < 0 {
         return Err(Errno::last());
@@ -142,7 +145,10 @@ impl Upper {
     /// Makes a whiteout named `name` in `dirfd` (which must not hold `name`): a hard link
     /// of the shared whiteout, or a new character device 0:0 if linking fails.
     pub fn make_whiteout(&self, dirfd: RawFd, name: &OsStr) -> Result<()> {
-        let mut g = self.shared_whiteout.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self
+            .shared_whiteout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for _ in 0..2 {
             let shared = match &*g {
                 Some(n) => n.clone(),
@@ -177,8 +183,7 @@ impl Upper {
         let tmp = self.tmp_name();
         self.make_whiteout(self.work_fd(), &tmp)?;
         if is_dir {
-            if let Err(e) =
-                sys::renameat2(self.work_fd(), &tmp, dirfd, name, libc::RENAME_EXCHANGE)
+            if let Err(e) = sys::renameat2(self.work_fd(), &tmp, dirfd, name, libc::RENAME_EXCHANGE)
             {
                 let _ = sys::unlinkat(self.work_fd(), &tmp, 0);
                 return Err(e);
@@ -202,7 +207,11 @@ impl Upper {
                 if whiteout::is_whiteout(&st) {
                     Ok(())
                 } else {
-                    self.replace_with_whiteout(dirfd, name, st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                    self.replace_with_whiteout(
+                        dirfd,
+                        name,
+                        st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                    )
                 }
             }
             Err(e) => Err(e),
@@ -221,7 +230,11 @@ pub fn is_opaque(dirfd: RawFd, names: &[OsString]) -> Result<bool> {
             }
         }
     }
-    Ok(sys::fstatat_opt(dirfd, OsStr::new(std::str::from_utf8(WH_OPAQUE).unwrap_or("")))?.is_some())
+    Ok(sys::fstatat_opt(
+        dirfd,
+        OsStr::new(std::str::from_utf8(WH_OPAQUE).unwrap_or("")),
+    )?
+    .is_some())
 }
 
 /// Marks the directory open as `dirfd` opaque.
@@ -265,10 +278,17 @@ pub fn clear_dir(dirfd: RawFd) -> Result<()> {
 /// data is synced; a directory turns opaque only once its whole lower content is up), so an
 /// interrupted run leaves an upper that stacko still reads correctly, and running again
 /// finishes the job. Running it on a prepared upper changes nothing.
-pub fn prepare_for_kernel(lowers: &[Arc<dyn Lower>], upper: &Path, work: &Path) -> Result<PrepareStats> {
+pub fn prepare_for_kernel(
+    lowers: &[Arc<dyn Lower>],
+    upper: &Path,
+    work: &Path,
+) -> Result<PrepareStats> {
     let up = Upper::open(upper, work)?;
     // metacopy off: entries copied up here carry their data
-    let cfg = FsConfig { metacopy: false, ..FsConfig::default() };
+    let cfg = FsConfig {
+        metacopy: false,
+        ..FsConfig::default()
+    };
     let fs = OverlayFs::new(lowers.to_vec(), Some(up), cfg)?;
     fs.prepare_for_kernel()
 }

@@ -27,7 +27,9 @@ pub fn oci_target(name: &OsStr) -> Option<&OsStr> {
     if b == crate::dirlower::WH_OPAQUE {
         return None;
     }
-    b.strip_prefix(WH_PREFIX).filter(|r| !r.is_empty()).map(OsStr::from_bytes)
+    b.strip_prefix(WH_PREFIX)
+        .filter(|r| !r.is_empty())
+        .map(OsStr::from_bytes)
 }
 
 /// Creates a whiteout named `name` in `dirfd` (which must not hold `name`).

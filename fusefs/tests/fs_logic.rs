@@ -28,7 +28,11 @@ impl Env {
         }
         fs::create_dir(root.join("u")).unwrap();
         fs::create_dir(root.join("w")).unwrap();
-        Env { _tmp: tmp, root, layers }
+        Env {
+            _tmp: tmp,
+            root,
+            layers,
+        }
     }
     fn l(&self, i: usize) -> PathBuf {
         self.root.join(format!("l{i}"))
@@ -37,9 +41,14 @@ impl Env {
         self.root.join("u")
     }
     fn mount_with(&self, cfg: FsConfig, upper: bool) -> OverlayFs {
-        let lowers: Vec<Arc<dyn Lower>> =
-            (0..self.layers).map(|i| Arc::new(DirLower::open(&self.l(i)).unwrap()) as Arc<dyn Lower>).collect();
-        let up = if upper { Some(Upper::open(&self.u(), &self.root.join("w")).unwrap()) } else { None };
+        let lowers: Vec<Arc<dyn Lower>> = (0..self.layers)
+            .map(|i| Arc::new(DirLower::open(&self.l(i)).unwrap()) as Arc<dyn Lower>)
+            .collect();
+        let up = if upper {
+            Some(Upper::open(&self.u(), &self.root.join("w")).unwrap())
+        } else {
+            None
+        };
         OverlayFs::new(lowers, up, cfg).unwrap()
     }
     fn mount(&self) -> OverlayFs {
@@ -56,13 +65,20 @@ fn write(p: &Path, s: &str) {
 
 fn whiteout(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0, "mknod whiteout {p:?}");
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) },
+        0,
+        "mknod whiteout {p:?}"
+    );
 }
 
 fn set_user_xattr(p: &Path, name: &str, v: &[u8]) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let n = std::ffi::CString::new(name).unwrap();
-    assert_eq!(unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) }, 0);
+    assert_eq!(
+        unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) },
+        0
+    );
 }
 
 fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
@@ -157,7 +173,11 @@ fn lookup_honours_whiteouts_and_opaque_dirs_in_every_form() {
     assert_eq!(walk(&f, "op2/old"), Err(Errno::ENOENT));
     assert_eq!(names(&f, "merged"), vec!["high", "low"]);
     assert_eq!(names(&f, ""), vec!["merged", "op1", "op2"]);
-    assert_eq!(f.getattr(walk(&f, "merged").unwrap()).unwrap().nlink, 1, "merged dirs report one link");
+    assert_eq!(
+        f.getattr(walk(&f, "merged").unwrap()).unwrap().nlink,
+        1,
+        "merged dirs report one link"
+    );
 }
 
 #[test]
@@ -183,11 +203,22 @@ fn write_copies_up_atomically_and_keeps_the_inode_number() {
     let ino = walk(&f, "d/f").unwrap();
     write_at(&f, "d/f", 5, " world", 0);
     assert_eq!(read(&f, "d/f"), "hello world");
-    assert_eq!(fs::read_to_string(e.l(0).join("d/f")).unwrap(), "hello", "lower untouched");
-    assert_eq!(fs::read_to_string(e.u().join("d/f")).unwrap(), "hello world");
+    assert_eq!(
+        fs::read_to_string(e.l(0).join("d/f")).unwrap(),
+        "hello",
+        "lower untouched"
+    );
+    assert_eq!(
+        fs::read_to_string(e.u().join("d/f")).unwrap(),
+        "hello world"
+    );
     assert_eq!(f.getattr(ino).unwrap().ino, ino);
     assert_eq!(walk(&f, "d/f").unwrap(), ino);
-    assert_eq!(fs::read_dir(e.root.join("w/work")).unwrap().count(), 0, "no scratch left");
+    assert_eq!(
+        fs::read_dir(e.root.join("w/work")).unwrap().count(),
+        0,
+        "no scratch left"
+    );
     drop(f);
     let f2 = e.mount();
     assert_eq!(walk(&f2, "d/f").unwrap(), ino, "stable across remount");
@@ -201,7 +232,15 @@ fn chmod_of_a_lower_file_copies_metadata_only() {
     write(&e.l(0).join("big"), &data);
     let f = e.mount();
     let ino = walk(&f, "big").unwrap();
-    let a = f.setattr(ino, SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
+    let a = f
+        .setattr(
+            ino,
+            SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(a.perm, 0o600);
     assert_eq!(a.size, 100_000);
     let up = e.u().join("big");
@@ -224,7 +263,11 @@ fn chmod_of_a_lower_file_copies_metadata_only() {
     drop(f);
     let f2 = e.mount();
     assert_eq!(read(&f2, "other"), "abc");
-    assert_eq!(f2.getxattr(walk(&f2, "other").unwrap(), OsStr::new("user.test")).unwrap(), b"v");
+    assert_eq!(
+        f2.getxattr(walk(&f2, "other").unwrap(), OsStr::new("user.test"))
+            .unwrap(),
+        b"v"
+    );
 }
 
 #[test]
@@ -237,7 +280,15 @@ fn truncate_to_zero_and_o_trunc_need_no_data_copy() {
     f.write(o.fh, 0, b"ab").unwrap();
     f.release(o.fh);
     assert_eq!(read(&f, "f"), "ab");
-    let a = f.setattr(ino, SetAttr { size: Some(5), ..Default::default() }).unwrap();
+    let a = f
+        .setattr(
+            ino,
+            SetAttr {
+                size: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(a.size, 5);
     assert_eq!(read(&f, "f"), "ab\0\0\0");
 }
@@ -250,9 +301,13 @@ fn unlink_and_rmdir_leave_whiteouts_only_where_lower_shows_through() {
     write(&e.l(0).join("f"), "f");
     let f = e.mount();
     let root = 1;
-    f.mknod(root, OsStr::new("new"), libc::S_IFREG | 0o644, 0, ctx()).unwrap();
+    f.mknod(root, OsStr::new("new"), libc::S_IFREG | 0o644, 0, ctx())
+        .unwrap();
     f.unlink(root, OsStr::new("new")).unwrap();
-    assert!(fs::symlink_metadata(e.u().join("new")).is_err(), "upper-only file leaves nothing");
+    assert!(
+        fs::symlink_metadata(e.u().join("new")).is_err(),
+        "upper-only file leaves nothing"
+    );
     f.unlink(root, OsStr::new("f")).unwrap();
     assert!(is_whiteout(&e.u().join("f")));
     assert_eq!(walk(&f, "f"), Err(Errno::ENOENT));
@@ -268,8 +323,12 @@ fn unlink_and_rmdir_leave_whiteouts_only_where_lower_shows_through() {
     // recreate over the whiteout: an opaque directory
     f.mkdir(root, OsStr::new("d"), 0o755, ctx()).unwrap();
     assert!(names(&f, "d").is_empty(), "lower entries stay hidden");
-    assert_eq!(get_xattr(&e.u().join("d"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
-    f.mknod(root, OsStr::new("f"), libc::S_IFREG | 0o640, 0, ctx()).unwrap();
+    assert_eq!(
+        get_xattr(&e.u().join("d"), "user.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    f.mknod(root, OsStr::new("f"), libc::S_IFREG | 0o640, 0, ctx())
+        .unwrap();
     assert_eq!(read(&f, "f"), "");
     assert_eq!(f.getattr(walk(&f, "f").unwrap()).unwrap().perm, 0o640);
 }
@@ -282,14 +341,21 @@ fn rename_of_a_lower_directory_is_a_real_rename_with_a_redirect() {
     }
     let f = e.mount();
     let ino = walk(&f, "src").unwrap();
-    f.rename(1, OsStr::new("src"), 1, OsStr::new("dst"), 0).unwrap();
+    f.rename(1, OsStr::new("src"), 1, OsStr::new("dst"), 0)
+        .unwrap();
     assert_eq!(walk(&f, "src"), Err(Errno::ENOENT));
     assert_eq!(walk(&f, "dst").unwrap(), ino);
     assert_eq!(read(&f, "dst/sub/f7"), "7");
     assert_eq!(names(&f, "dst/sub").len(), 50);
     assert!(is_whiteout(&e.u().join("src")));
-    assert_eq!(get_xattr(&e.u().join("dst"), "user.overlay.redirect").as_deref(), Some(&b"/src"[..]));
-    assert!(fs::read_dir(e.u().join("dst")).unwrap().next().is_none(), "nothing copied below");
+    assert_eq!(
+        get_xattr(&e.u().join("dst"), "user.overlay.redirect").as_deref(),
+        Some(&b"/src"[..])
+    );
+    assert!(
+        fs::read_dir(e.u().join("dst")).unwrap().next().is_none(),
+        "nothing copied below"
+    );
     drop(f);
     let f2 = e.mount();
     assert_eq!(read(&f2, "dst/sub/f49"), "49");
@@ -297,7 +363,8 @@ fn rename_of_a_lower_directory_is_a_real_rename_with_a_redirect() {
     // move it again, into a new directory
     f2.mkdir(1, OsStr::new("x"), 0o755, ctx()).unwrap();
     let x = walk(&f2, "x").unwrap();
-    f2.rename(1, OsStr::new("dst"), x, OsStr::new("y"), 0).unwrap();
+    f2.rename(1, OsStr::new("dst"), x, OsStr::new("y"), 0)
+        .unwrap();
     assert_eq!(read(&f2, "x/y/sub/f3"), "3");
     drop(f2);
     assert_eq!(read(&e.mount(), "x/y/sub/f3"), "3");
@@ -340,7 +407,8 @@ fn rename_flags_and_errors_follow_renameat2() {
     f2.unlink(full, OsStr::new("z")).unwrap();
     walk(&f2, "empty").unwrap();
     f2.mkdir(1, OsStr::new("n"), 0o755, ctx()).unwrap();
-    f2.rename(1, OsStr::new("n"), 1, OsStr::new("full"), 0).unwrap();
+    f2.rename(1, OsStr::new("n"), 1, OsStr::new("full"), 0)
+        .unwrap();
     assert!(names(&f2, "full").is_empty());
     drop(f2);
     assert!(names(&e2.mount(), "full").is_empty());
@@ -391,12 +459,32 @@ fn overlay_internal_xattrs_are_hidden() {
     let ino = walk(&f, "f").unwrap();
     let n: Vec<_> = f.listxattr(ino).unwrap();
     assert_eq!(n, vec![OsString::from("user.visible")]);
-    assert_eq!(f.setxattr(ino, OsStr::new("user.overlay.opaque"), b"y", 0), Err(Errno::ENOTSUP));
-    f.setattr(ino, SetAttr { mode: Some(0o644), ..Default::default() }).unwrap();
+    assert_eq!(
+        f.setxattr(ino, OsStr::new("user.overlay.opaque"), b"y", 0),
+        Err(Errno::ENOTSUP)
+    );
+    f.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o644),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let n: Vec<_> = f.listxattr(ino).unwrap();
-    assert_eq!(n, vec![OsString::from("user.visible")], "origin/metacopy marks hidden after copy-up");
-    assert_eq!(f.getxattr(ino, OsStr::new("user.stacko.origin")), Err(Errno::ENODATA));
-    assert_eq!(f.removexattr(ino, OsStr::new("user.none")), Err(Errno::ENODATA));
+    assert_eq!(
+        n,
+        vec![OsString::from("user.visible")],
+        "origin/metacopy marks hidden after copy-up"
+    );
+    assert_eq!(
+        f.getxattr(ino, OsStr::new("user.stacko.origin")),
+        Err(Errno::ENODATA)
+    );
+    assert_eq!(
+        f.removexattr(ino, OsStr::new("user.none")),
+        Err(Errno::ENODATA)
+    );
 }
 
 #[test]
@@ -416,17 +504,29 @@ fn create_and_errors_match_the_kernel() {
     let e = Env::new(1);
     write(&e.l(0).join("f"), "x");
     let f = e.mount();
-    assert_eq!(f.mkdir(1, OsStr::new("f"), 0o755, ctx()).err(), Some(Errno::EEXIST));
+    assert_eq!(
+        f.mkdir(1, OsStr::new("f"), 0o755, ctx()).err(),
+        Some(Errno::EEXIST)
+    );
     let long = "n".repeat(256);
-    assert_eq!(f.lookup(1, OsStr::new(&long)).err(), Some(Errno::ENAMETOOLONG));
-    let (a, o) = f.create(1, OsStr::new("new"), 0o600, libc::O_RDWR, ctx()).unwrap();
+    assert_eq!(
+        f.lookup(1, OsStr::new(&long)).err(),
+        Some(Errno::ENAMETOOLONG)
+    );
+    let (a, o) = f
+        .create(1, OsStr::new("new"), 0o600, libc::O_RDWR, ctx())
+        .unwrap();
     f.write(o.fh, 0, b"abc").unwrap();
     f.release(o.fh);
     assert_eq!(a.perm, 0o600);
     assert_eq!(read(&f, "new"), "abc");
-    f.symlink(1, OsStr::new("ln"), OsStr::new("new"), ctx()).unwrap();
+    f.symlink(1, OsStr::new("ln"), OsStr::new("new"), ctx())
+        .unwrap();
     assert_eq!(f.readlink(walk(&f, "ln").unwrap()).unwrap(), b"new");
-    assert_eq!(f.getattr(walk(&f, "ln").unwrap()).unwrap().kind, Kind::Symlink);
+    assert_eq!(
+        f.getattr(walk(&f, "ln").unwrap()).unwrap().kind,
+        Kind::Symlink
+    );
 }
 
 #[test]
@@ -437,12 +537,26 @@ fn setgid_directories_pass_their_group_on() {
     let sg = walk(&f, "sg").unwrap();
     let gid = 4242;
     if sys_is_root() {
-        f.setattr(sg, SetAttr { gid: Some(gid), mode: Some(0o2775), ..Default::default() }).unwrap();
-        let c = Ctx { uid: 0, gid: 0, pid: 0 };
+        f.setattr(
+            sg,
+            SetAttr {
+                gid: Some(gid),
+                mode: Some(0o2775),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = Ctx {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        };
         let a = f.mkdir(sg, OsStr::new("child"), 0o755, c).unwrap();
         assert_eq!(a.gid, gid);
         assert_ne!(a.perm & libc::S_ISGID, 0, "subdirectories inherit set-gid");
-        let a = f.mknod(sg, OsStr::new("file"), libc::S_IFREG | 0o644, 0, c).unwrap();
+        let a = f
+            .mknod(sg, OsStr::new("file"), libc::S_IFREG | 0o644, 0, c)
+            .unwrap();
         assert_eq!(a.gid, gid);
     }
 }
@@ -499,10 +613,16 @@ fn concurrent_opens_copy_up_once() {
 fn without_redirect_dir_a_lower_directory_rename_is_exdev_like_the_kernel() {
     let e = Env::new(1);
     write(&e.l(0).join("d/f"), "x");
-    let cfg = FsConfig { redirect_dir: false, ..FsConfig::default() };
+    let cfg = FsConfig {
+        redirect_dir: false,
+        ..FsConfig::default()
+    };
     let f = e.mount_with(cfg.clone(), true);
     walk(&f, "d").unwrap();
-    assert_eq!(f.rename(1, OsStr::new("d"), 1, OsStr::new("e"), 0), Err(Errno::EXDEV));
+    assert_eq!(
+        f.rename(1, OsStr::new("d"), 1, OsStr::new("e"), 0),
+        Err(Errno::EXDEV)
+    );
     // a directory made in the upper moves freely
     f.mkdir(1, OsStr::new("n"), 0o755, ctx()).unwrap();
     f.rename(1, OsStr::new("n"), 1, OsStr::new("m"), 0).unwrap();
@@ -518,9 +638,22 @@ fn without_redirect_dir_a_lower_directory_rename_is_exdev_like_the_kernel() {
 fn metacopy_off_copies_data_on_chmod() {
     let e = Env::new(1);
     write(&e.l(0).join("f"), "data");
-    let f = e.mount_with(FsConfig { metacopy: false, ..FsConfig::default() }, true);
+    let f = e.mount_with(
+        FsConfig {
+            metacopy: false,
+            ..FsConfig::default()
+        },
+        true,
+    );
     let ino = walk(&f, "f").unwrap();
-    f.setattr(ino, SetAttr { mode: Some(0o640), ..Default::default() }).unwrap();
+    f.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(fs::read_to_string(e.u().join("f")).unwrap(), "data");
     assert!(get_xattr(&e.u().join("f"), "user.overlay.metacopy").is_none());
 }
@@ -533,8 +666,27 @@ fn mtime_of(p: &Path) -> (i64, i64) {
 
 fn set_mtime(p: &Path, sec: i64) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let t = [libc::timespec { tv_sec: sec, tv_nsec: 0 }, libc::timespec { tv_sec: sec, tv_nsec: 500 }];
-    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }, 0);
+    let t = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: 500,
+        },
+    ];
+    assert_eq!(
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                t.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        },
+        0
+    );
 }
 
 #[test]
@@ -556,7 +708,14 @@ fn copy_up_keeps_the_times_of_parent_directories() {
     assert_eq!(f.getattr(d).unwrap().mtime.sec, 1_100_001_000);
     // linking the other name of the hard-link group into place is a copy-up too
     let g = walk(&f, "d/g").unwrap();
-    f.setattr(g, SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
+    f.setattr(
+        g,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(mtime_of(&e.u().join("d")), (1_100_001_000, 500));
 }
 
@@ -600,15 +759,33 @@ fn side_metadata_of_symlinks_follows_the_inode_and_not_its_number() {
     let dir = fs::File::open(e.u()).unwrap();
     let dfd = std::os::fd::AsRawFd::as_raw_fd(&dir);
     std::os::unix::fs::symlink("target", e.u().join("s")).unwrap();
-    up.side_set(dfd, OsStr::new("s"), "user.containers.override_stat", b"0:0:120777").unwrap();
+    up.side_set(
+        dfd,
+        OsStr::new("s"),
+        "user.containers.override_stat",
+        b"0:0:120777",
+    )
+    .unwrap();
     fs::rename(e.u().join("s"), e.u().join("t")).unwrap();
     let got = up.side_get_all(dfd, OsStr::new("t"));
-    assert_eq!(got, vec![(OsString::from("user.containers.override_stat"), b"0:0:120777".to_vec())]);
+    assert_eq!(
+        got,
+        vec![(
+            OsString::from("user.containers.override_stat"),
+            b"0:0:120777".to_vec()
+        )]
+    );
     up.side_drop_if_last(dfd, OsStr::new("t"));
     fs::remove_file(e.u().join("t")).unwrap();
     std::os::unix::fs::symlink("other", e.u().join("t")).unwrap();
-    assert!(up.side_get_all(dfd, OsStr::new("t")).is_empty(), "no stale entry for a new inode");
-    assert_eq!(fs::read_dir(e.root.join("w/stacko-meta")).unwrap().count(), 0);
+    assert!(
+        up.side_get_all(dfd, OsStr::new("t")).is_empty(),
+        "no stale entry for a new inode"
+    );
+    assert_eq!(
+        fs::read_dir(e.root.join("w/stacko-meta")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -638,7 +815,9 @@ fn an_open_file_keeps_working_after_its_last_name_is_removed() {
     let f = e.mount();
     for name in ["new", "low"] {
         let ino = if name == "new" {
-            let (a, o) = f.create(1, OsStr::new(name), 0o644, libc::O_RDWR, ctx()).unwrap();
+            let (a, o) = f
+                .create(1, OsStr::new(name), 0o644, libc::O_RDWR, ctx())
+                .unwrap();
             f.release(o.fh);
             a.ino
         } else {
@@ -651,7 +830,16 @@ fn an_open_file_keeps_working_after_its_last_name_is_removed() {
         f.write(o.fh, 0, b"Hello, World!").unwrap();
         assert_eq!(f.read(o.fh, 0, 13).unwrap(), b"Hello, World!");
         assert_eq!(f.getattr(ino).unwrap().size, 13);
-        let a = f.setattr(ino, SetAttr { size: Some(5), mode: Some(0o600), ..Default::default() }).unwrap();
+        let a = f
+            .setattr(
+                ino,
+                SetAttr {
+                    size: Some(5),
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!((a.size, a.perm), (5, 0o600));
         f.release(o.fh);
         assert_eq!(walk(&f, name), Err(Errno::ENOENT));
@@ -678,7 +866,9 @@ fn open_never_meets_the_whiteout_a_concurrent_rename_leaves() {
     };
     let mut opens = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) || opens == 0 {
-        let o = f.open(ino, libc::O_WRONLY | libc::O_APPEND).unwrap_or_else(|e| panic!("open during renames: {e:?}"));
+        let o = f
+            .open(ino, libc::O_WRONLY | libc::O_APPEND)
+            .unwrap_or_else(|e| panic!("open during renames: {e:?}"));
         f.release(o.fh);
         opens += 1;
     }
@@ -696,7 +886,12 @@ fn reading_a_directory_from_the_start_sees_renames_after_opendir() {
     let b = walk(&f, "b").unwrap();
     let fh = f.opendir(b).unwrap();
     f.rename(a, OsStr::new("f"), b, OsStr::new("g"), 0).unwrap();
-    let l: Vec<String> = f.readdir(fh, 0).unwrap().iter().map(|e| e.name.to_string_lossy().into_owned()).collect();
+    let l: Vec<String> = f
+        .readdir(fh, 0)
+        .unwrap()
+        .iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
     assert_eq!(l, vec![".", "..", "g"]);
     f.releasedir(fh);
 }
@@ -723,12 +918,22 @@ fn a_moved_metadata_only_copy_finds_its_data_through_its_redirect() {
     write_at(&f, "h", 0, "LOWER", 0);
     assert_eq!(read(&f, "h"), "LOWER data");
     assert!(get_xattr(&up, "user.overlay.metacopy").is_none());
-    assert!(get_xattr(&up, "user.overlay.redirect").is_none(), "kernel overlayfs refuses it on a full copy");
+    assert!(
+        get_xattr(&up, "user.overlay.redirect").is_none(),
+        "kernel overlayfs refuses it on a full copy"
+    );
     // as root, renaming a metadata-only copy copies its data: no redirect left
     write(&e.l(0).join("x"), "xx");
     let f = e.mount();
     let x = walk(&f, "x").unwrap();
-    f.setattr(x, SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
+    f.setattr(
+        x,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     f.rename(1, OsStr::new("x"), 1, OsStr::new("y"), 0).unwrap();
     assert!(get_xattr(&e.u().join("y"), "user.overlay.redirect").is_none());
     assert_eq!(read(&f, "y"), "xx");
@@ -737,13 +942,19 @@ fn a_moved_metadata_only_copy_finds_its_data_through_its_redirect() {
 /// Runs `f` on a thread whose credentials (raw per-thread `setresuid`, not the libc
 /// wrapper that changes every thread) are those of an ordinary user, as in a rootless
 /// mount; `None` when the test process is not root and cannot switch.
-fn as_ordinary_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+fn as_ordinary_user<T: Send + 'static>(
+    uid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     if unsafe { libc::geteuid() } != 0 {
         return None;
     }
     std::thread::spawn(move || {
         unsafe {
-            assert_eq!(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()), 0);
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                0
+            );
             assert_eq!(libc::syscall(libc::SYS_setresgid, uid, uid, uid), 0);
             assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
         }
@@ -785,9 +996,19 @@ fn rootless_exchange_of_a_lower_dir_with_an_unreadable_hard_linked_file() {
         f.link(xino, 1, OsStr::new("l")).unwrap();
         f.rename(1, OsStr::new("l"), 1, OsStr::new("m"), 0).unwrap();
         assert_eq!(f.getattr(walk(&f, "m").unwrap()).unwrap().nlink, 3);
-        f.rename(1, OsStr::new("d1"), 1, OsStr::new("x"), libc::RENAME_EXCHANGE).unwrap();
+        f.rename(
+            1,
+            OsStr::new("d1"),
+            1,
+            OsStr::new("x"),
+            libc::RENAME_EXCHANGE,
+        )
+        .unwrap();
         let a = f.getattr(walk(&f, "d1").unwrap()).unwrap();
-        assert_eq!((a.kind, a.uid, a.perm, a.nlink, a.size), (Kind::File, 0, 0o600, 3, 6));
+        assert_eq!(
+            (a.kind, a.uid, a.perm, a.nlink, a.size),
+            (Kind::File, 0, 0o600, 3, 6)
+        );
         let x = f.getattr(walk(&f, "x").unwrap()).unwrap();
         assert_eq!((x.kind, x.uid), (Kind::Dir, 0));
         assert_eq!(names(&f, "x"), vec!["a", "xx"]);
@@ -799,7 +1020,10 @@ fn rootless_exchange_of_a_lower_dir_with_an_unreadable_hard_linked_file() {
         let up = Upper::open(&upper, &root.join("w")).unwrap();
         let f = OverlayFs::new(vec![d], Some(up), FsConfig::default()).unwrap();
         let a2 = f.getattr(walk(&f, "d1").unwrap()).unwrap();
-        assert_eq!((a2.kind, a2.uid, a2.perm, a2.nlink, a2.size, a2.ino), (Kind::File, 0, 0o600, 3, 6, a.ino));
+        assert_eq!(
+            (a2.kind, a2.uid, a2.perm, a2.nlink, a2.size, a2.ino),
+            (Kind::File, 0, 0o600, 3, 6, a.ino)
+        );
         assert_eq!(f.getattr(walk(&f, "m").unwrap()).unwrap().ino, a.ino);
         assert_eq!(names(&f, "x"), vec!["a", "xx"]);
     });

@@ -34,7 +34,8 @@ impl Env {
         fs::set_permissions(&p, fs::Permissions::from_mode(perm)).unwrap();
     }
     fn mount(&self) -> OverlayFs {
-        let lowers: Vec<Arc<dyn Lower>> = vec![Arc::new(DirLower::open(&self.root.join("l")).unwrap())];
+        let lowers: Vec<Arc<dyn Lower>> =
+            vec![Arc::new(DirLower::open(&self.root.join("l")).unwrap())];
         let up = Upper::open(&self.root.join("u"), &self.root.join("w")).unwrap();
         OverlayFs::new(lowers, Some(up), FsConfig::default()).unwrap()
     }
@@ -52,7 +53,11 @@ fn kill_clears_suid_and_sgid_with_group_exec() {
     assert!(f.kill_suidgid(ino).unwrap());
     assert_eq!(f.getattr(ino).unwrap().perm, 0o775);
     // the lower layer is untouched: only the upper copy changed
-    let lower = fs::metadata(e.root.join("l/f")).unwrap().permissions().mode() & 0o7777;
+    let lower = fs::metadata(e.root.join("l/f"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
     assert_eq!(lower, 0o6775);
     assert_eq!(fs::read(e.root.join("l/f")).unwrap(), b"data");
 }
@@ -69,7 +74,10 @@ fn kill_keeps_sgid_without_group_exec_and_copies_nothing_when_idle() {
     assert!(!f.kill_suidgid(lock).unwrap());
     assert_eq!(f.getattr(lock).unwrap().perm, 0o2664);
     assert!(!f.kill_suidgid(plain).unwrap());
-    assert!(!e.in_upper("lock") && !e.in_upper("plain"), "nothing to clear, nothing copied up");
+    assert!(
+        !e.in_upper("lock") && !e.in_upper("plain"),
+        "nothing to clear, nothing copied up"
+    );
 }
 
 #[test]
@@ -80,7 +88,16 @@ fn chown_without_mode_clears_set_id_bits() {
     let ino = f.lookup(1, OsStr::new("s")).unwrap().ino;
     let a = f.getattr(ino).unwrap();
     // chown to the current owner still clears them, as chown(2) does
-    let a2 = f.setattr(ino, SetAttr { uid: Some(a.uid), gid: Some(a.gid), ..Default::default() }).unwrap();
+    let a2 = f
+        .setattr(
+            ino,
+            SetAttr {
+                uid: Some(a.uid),
+                gid: Some(a.gid),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(a2.perm, 0o755);
 }
 

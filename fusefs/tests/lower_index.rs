@@ -38,7 +38,12 @@ impl Lower for Counting {
     fn is_opaque(&self, dir: LowerIno) -> Result<bool> {
         self.inner.is_opaque(dir)
     }
-    fn read_dir(&self, dir: LowerIno, after: Option<&OsStr>, f: &mut dyn FnMut(&OsStr, LowerEntry) -> bool) -> Result<()> {
+    fn read_dir(
+        &self,
+        dir: LowerIno,
+        after: Option<&OsStr>,
+        f: &mut dyn FnMut(&OsStr, LowerEntry) -> bool,
+    ) -> Result<()> {
         self.read_dirs.fetch_add(1, Ordering::Relaxed);
         self.inner.read_dir(dir, after, f)
     }
@@ -64,17 +69,32 @@ fn write(p: &Path, s: &str) {
 fn whiteout(p: &Path) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0, "mknod whiteout {p:?}");
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) },
+        0,
+        "mknod whiteout {p:?}"
+    );
 }
 
 fn set_opaque(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let n = c"user.overlay.opaque";
-    assert_eq!(unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), b"y".as_ptr().cast(), 1, 0) }, 0);
+    assert_eq!(
+        unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), b"y".as_ptr().cast(), 1, 0) },
+        0
+    );
 }
 
 fn counting_layers(root: &Path, n: usize) -> Vec<Arc<Counting>> {
-    (0..n).map(|i| Arc::new(Counting { inner: DirLower::open(&root.join(format!("l{i}"))).unwrap(), lookups: AtomicUsize::new(0), read_dirs: AtomicUsize::new(0) })).collect()
+    (0..n)
+        .map(|i| {
+            Arc::new(Counting {
+                inner: DirLower::open(&root.join(format!("l{i}"))).unwrap(),
+                lookups: AtomicUsize::new(0),
+                read_dirs: AtomicUsize::new(0),
+            })
+        })
+        .collect()
 }
 
 fn as_lowers(c: &[Arc<Counting>]) -> Vec<Arc<dyn Lower>> {
@@ -102,13 +122,19 @@ fn lookups_in_an_indexed_directory_do_not_ask_every_layer() {
         write(&root.join(format!("l{i}/d/f{i}")), &i.to_string());
         write(&root.join(format!("l{i}/d/shared")), &i.to_string());
     }
-    let names: Vec<String> = (0..LAYERS).map(|i| format!("f{i}")).chain(["shared".into()]).collect();
+    let names: Vec<String> = (0..LAYERS)
+        .map(|i| format!("f{i}"))
+        .chain(["shared".into()])
+        .collect();
     let missing: Vec<String> = (0..LAYERS).map(|i| format!("nope{i}")).collect();
 
     // Layer by layer (index off): the walk asks every layer, which is what the index avoids;
     // this also shows the counting wrapper sees the lookups.
     let off = counting_layers(root, LAYERS);
-    let cfg_off = FsConfig { lower_index_entries: 0, ..FsConfig::default() };
+    let cfg_off = FsConfig {
+        lower_index_entries: 0,
+        ..FsConfig::default()
+    };
     let f = OverlayFs::new(as_lowers(&off), None, cfg_off).unwrap();
     for n in &names {
         walk(&f, &format!("d/{n}")).unwrap();
@@ -117,7 +143,10 @@ fn lookups_in_an_indexed_directory_do_not_ask_every_layer() {
         assert_eq!(walk(&f, &format!("d/{n}")), Err(Errno::ENOENT));
     }
     let walked = total(&off, |l| l.lookups.load(Ordering::Relaxed));
-    assert!(walked >= LAYERS * missing.len(), "layer-by-layer lookups ask every layer for a missing name ({walked})");
+    assert!(
+        walked >= LAYERS * missing.len(),
+        "layer-by-layer lookups ask every layer for a missing name ({walked})"
+    );
 
     // Indexed: each layer's listing is read once per directory, and no name is looked up
     // layer by layer, hits and misses alike.
@@ -133,11 +162,20 @@ fn lookups_in_an_indexed_directory_do_not_ask_every_layer() {
         }
         let lookups = total(&on, |l| l.lookups.load(Ordering::Relaxed));
         let read_dirs = total(&on, |l| l.read_dirs.load(Ordering::Relaxed));
-        assert!(lookups < LAYERS, "round {round}: {lookups} layer lookups for {} names", names.len() + missing.len());
-        assert!(read_dirs <= 2 * LAYERS, "round {round}: {read_dirs} listings read (root and d, once per layer)");
+        assert!(
+            lookups < LAYERS,
+            "round {round}: {lookups} layer lookups for {} names",
+            names.len() + missing.len()
+        );
+        assert!(
+            read_dirs <= 2 * LAYERS,
+            "round {round}: {read_dirs} listings read (root and d, once per layer)"
+        );
     }
     // The top layer's copy of the shared name wins.
-    let a = f.lookup(walk(&f, "d").unwrap(), OsStr::new("shared")).unwrap();
+    let a = f
+        .lookup(walk(&f, "d").unwrap(), OsStr::new("shared"))
+        .unwrap();
     let o = f.open(a.ino, libc::O_RDONLY).unwrap();
     assert_eq!(f.read(o.fh, 0, 100).unwrap(), b"0");
     f.release(o.fh);
@@ -212,8 +250,13 @@ fn tree(f: &OverlayFs) -> Tree {
         for e in list.iter().filter(|e| e.name != "." && e.name != "..") {
             let name = e.name.to_string_lossy().into_owned();
             let p = format!("{path}/{name}");
-            let a = f.lookup(ino, &e.name).unwrap_or_else(|err| panic!("listed {p} but lookup fails: {err}"));
-            assert_eq!(a.ino, e.ino, "{p}: listing and lookup disagree on the inode");
+            let a = f
+                .lookup(ino, &e.name)
+                .unwrap_or_else(|err| panic!("listed {p} but lookup fails: {err}"));
+            assert_eq!(
+                a.ino, e.ino,
+                "{p}: listing and lookup disagree on the inode"
+            );
             let data = if a.kind == Kind::File {
                 let o = f.open(a.ino, libc::O_RDONLY).unwrap();
                 let d = f.read(o.fh, 0, 1 << 16).unwrap();
@@ -238,9 +281,15 @@ fn tree(f: &OverlayFs) -> Tree {
     out
 }
 
-fn mount(root: &Path, layers: usize, cfg: FsConfig, upper: Option<(PathBuf, PathBuf)>) -> OverlayFs {
-    let lowers: Vec<Arc<dyn Lower>> =
-        (0..layers).map(|i| Arc::new(DirLower::open(&root.join(format!("l{i}"))).unwrap()) as Arc<dyn Lower>).collect();
+fn mount(
+    root: &Path,
+    layers: usize,
+    cfg: FsConfig,
+    upper: Option<(PathBuf, PathBuf)>,
+) -> OverlayFs {
+    let lowers: Vec<Arc<dyn Lower>> = (0..layers)
+        .map(|i| Arc::new(DirLower::open(&root.join(format!("l{i}"))).unwrap()) as Arc<dyn Lower>)
+        .collect();
     let up = upper.map(|(u, w)| Upper::open(&u, &w).unwrap());
     OverlayFs::new(lowers, up, cfg).unwrap()
 }
@@ -252,14 +301,26 @@ fn index_gives_the_same_tree_as_the_layer_walk() {
         let root = tmp.path();
         let layers = 2 + (seed as usize % 7);
         random_layers(root, layers, seed);
-        let walk_cfg = FsConfig { lower_index_entries: 0, ..FsConfig::default() };
+        let walk_cfg = FsConfig {
+            lower_index_entries: 0,
+            ..FsConfig::default()
+        };
         let expect = tree(&mount(root, layers, walk_cfg, None));
         let got = tree(&mount(root, layers, FsConfig::default(), None));
-        assert_eq!(got, expect, "seed {seed}: indexed tree differs from the layer walk");
+        assert_eq!(
+            got, expect,
+            "seed {seed}: indexed tree differs from the layer walk"
+        );
         // chains too big to index fall back to per-name answers
-        let tiny = FsConfig { lower_index_dir_entries: 1, ..FsConfig::default() };
+        let tiny = FsConfig {
+            lower_index_dir_entries: 1,
+            ..FsConfig::default()
+        };
         let got = tree(&mount(root, layers, tiny, None));
-        assert_eq!(got, expect, "seed {seed}: per-name fallback differs from the layer walk");
+        assert_eq!(
+            got, expect,
+            "seed {seed}: per-name fallback differs from the layer walk"
+        );
     }
 }
 
@@ -277,8 +338,13 @@ fn renamed_lower_directory_keeps_its_lower_content_through_the_index() {
     let up = Some((root.join("u"), root.join("w")));
     let f = mount(root, LAYERS, FsConfig::default(), up.clone());
     let before = tree(&f);
-    f.rename(1, OsStr::new("src"), 1, OsStr::new("dst"), 0).unwrap();
-    let rename = |t: &Tree| -> Tree { t.iter().map(|(k, v)| (k.replacen("/src", "/dst", 1), v.clone())).collect() };
+    f.rename(1, OsStr::new("src"), 1, OsStr::new("dst"), 0)
+        .unwrap();
+    let rename = |t: &Tree| -> Tree {
+        t.iter()
+            .map(|(k, v)| (k.replacen("/src", "/dst", 1), v.clone()))
+            .collect()
+    };
     assert_eq!(tree(&f), rename(&before));
     drop(f);
     // after a remount the redirect is followed through the index as well

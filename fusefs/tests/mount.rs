@@ -29,7 +29,8 @@ fn is_root() -> bool {
 fn is_mounted(p: &Path) -> bool {
     let p = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let m = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    m.lines().any(|l| l.split_whitespace().nth(1) == Some(p.to_str().unwrap_or("")))
+    m.lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(p.to_str().unwrap_or("")))
 }
 
 struct Mnt(PathBuf);
@@ -46,14 +47,27 @@ impl Drop for Mnt {
 }
 
 fn stacko_mount(opts: &str, mnt: &Path) -> Mnt {
-    let out = Command::new(BIN).arg("-o").arg(opts).arg(mnt).output().unwrap();
-    assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("-o")
+        .arg(opts)
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(is_mounted(mnt), "daemon returned before the mount was up");
     Mnt(mnt.to_path_buf())
 }
 
 fn kernel_mount(opts: &str, mnt: &Path) -> Option<Mnt> {
-    let st = Command::new("mount").args(["-t", "overlay", "overlay", "-o", opts]).arg(mnt).status().ok()?;
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", opts])
+        .arg(mnt)
+        .status()
+        .ok()?;
     if !st.success() {
         eprintln!("skipping kernel overlayfs part: mount -t overlay failed");
         return None;
@@ -72,7 +86,10 @@ fn umount(m: Mnt) {
 fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, u64, Vec<u8>)> {
     let mut out = BTreeMap::new();
     fn rec(root: &Path, rel: &Path, out: &mut BTreeMap<String, (char, u32, u64, Vec<u8>)>) {
-        let mut entries: Vec<_> = fs::read_dir(root.join(rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut entries: Vec<_> = fs::read_dir(root.join(rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         entries.sort();
         for name in entries {
             let r = rel.join(&name);
@@ -82,7 +99,13 @@ fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, u64, Vec<u8>)> {
             let (t, content) = if ft.is_dir() {
                 ('d', Vec::new())
             } else if ft.is_symlink() {
-                ('l', fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes())
+                (
+                    'l',
+                    fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
             } else if ft.is_file() {
                 ('f', fs::read(&p).unwrap())
             } else if ft.is_fifo() {
@@ -91,7 +114,10 @@ fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, u64, Vec<u8>)> {
                 ('c', Vec::new())
             };
             let size = if ft.is_dir() { 0 } else { m.len() };
-            out.insert(r.to_string_lossy().into_owned(), (t, m.mode() & 0o7777, size, content));
+            out.insert(
+                r.to_string_lossy().into_owned(),
+                (t, m.mode() & 0o7777, size, content),
+            );
             if ft.is_dir() {
                 rec(root, &r, out);
             }
@@ -145,7 +171,12 @@ impl Dirs {
 /// Changes that both engines store in the same upper format.
 fn mutate(m: &Path) {
     fs::write(m.join("dir/f"), "changed").unwrap();
-    fs::OpenOptions::new().append(true).open(m.join("big")).unwrap().write_all(b"tail").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("big"))
+        .unwrap()
+        .write_all(b"tail")
+        .unwrap();
     fs::remove_file(m.join("dir/g")).unwrap();
     fs::remove_dir_all(m.join("gone")).unwrap();
     fs::create_dir(m.join("gone")).unwrap();
@@ -171,15 +202,25 @@ fn basic_operations_on_a_real_mount() {
     let mnt = stacko_mount(&d.opts("u", "w"), &m);
     assert_eq!(fs::read_to_string(m.join("top")).unwrap(), "top");
     assert_eq!(fs::read_to_string(m.join("dir/sub/deep")).unwrap(), "deep");
-    let mut names: Vec<_> = fs::read_dir(m.join("dir")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(m.join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["f", "g", "sub"]);
     let ino = fs::metadata(m.join("dir/f")).unwrap().ino();
     fs::write(m.join("dir/f"), "new").unwrap();
-    assert_eq!(fs::metadata(m.join("dir/f")).unwrap().ino(), ino, "st_ino kept across copy-up");
+    assert_eq!(
+        fs::metadata(m.join("dir/f")).unwrap().ino(),
+        ino,
+        "st_ino kept across copy-up"
+    );
     assert_eq!(fs::read_to_string(d.p("u/dir/f")).unwrap(), "new");
     fs::rename(m.join("dir"), m.join("moved")).unwrap();
-    assert_eq!(fs::read_to_string(m.join("moved/sub/deep")).unwrap(), "deep");
+    assert_eq!(
+        fs::read_to_string(m.join("moved/sub/deep")).unwrap(),
+        "deep"
+    );
     fs::remove_file(m.join("top")).unwrap();
     assert!(fs::metadata(m.join("top")).is_err());
     fs::hard_link(m.join("moved/f"), m.join("hl")).unwrap();
@@ -189,9 +230,20 @@ fn basic_operations_on_a_real_mount() {
     assert_eq!(fs::read(m.join("big")).unwrap(), vec![7u8; 300_000]);
     // shared writable mmap through the page cache
     {
-        let f = fs::OpenOptions::new().read(true).write(true).open(m.join("big")).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.join("big"))
+            .unwrap();
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&f), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED);
         unsafe {
@@ -206,9 +258,16 @@ fn basic_operations_on_a_real_mount() {
     umount(mnt);
     assert_eq!(fs::read(d.p("u/big")).unwrap()[0], b'M');
     let mnt = stacko_mount(&d.opts("u", "w"), &m);
-    assert_eq!(fs::metadata(m.join("big")).unwrap().ino(), ino_big, "st_ino kept across remount");
+    assert_eq!(
+        fs::metadata(m.join("big")).unwrap().ino(),
+        ino_big,
+        "st_ino kept across remount"
+    );
     assert_eq!(fs::metadata(m.join("moved")).unwrap().ino(), ino_moved);
-    assert_eq!(fs::read_to_string(m.join("moved/sub/deep")).unwrap(), "deep");
+    assert_eq!(
+        fs::read_to_string(m.join("moved/sub/deep")).unwrap(),
+        "deep"
+    );
     drop(mnt);
 }
 
@@ -222,7 +281,9 @@ fn upper_written_by_stacko_mounts_under_kernel_overlayfs() {
     mutate(&d.p("m"));
     let seen = snapshot(&d.p("m"));
     umount(mnt);
-    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) else { return };
+    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) else {
+        return;
+    };
     assert_eq!(snapshot(&d.p("k")), seen);
     drop(k);
 }
@@ -233,7 +294,9 @@ fn upper_written_by_kernel_overlayfs_mounts_under_stacko() {
         return;
     }
     let d = Dirs::new();
-    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) else { return };
+    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) else {
+        return;
+    };
     mutate(&d.p("k"));
     let seen = snapshot(&d.p("k"));
     umount(k);
@@ -250,7 +313,9 @@ fn same_tree_as_kernel_overlayfs_after_the_same_changes() {
     let d = Dirs::new();
     fs::create_dir(d.p("u2")).unwrap();
     let mnt = stacko_mount(&d.opts("u", "w"), &d.p("m"));
-    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u2", "kw")), &d.p("k")) else { return };
+    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u2", "kw")), &d.p("k")) else {
+        return;
+    };
     mutate(&d.p("m"));
     mutate(&d.p("k"));
     assert_eq!(snapshot(&d.p("m")), snapshot(&d.p("k")));
@@ -265,7 +330,11 @@ fn foreground_mount_unmounts_on_sigterm_and_reports_errors() {
     }
     let d = Dirs::new();
     // a bad option fails before anything is mounted, with a message
-    let out = Command::new(BIN).args(["-o", "lowerdir=/nonexistent-dir"]).arg(d.p("m")).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["-o", "lowerdir=/nonexistent-dir"])
+        .arg(d.p("m"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-dir"));
     assert!(!is_mounted(&d.p("m")));
@@ -279,7 +348,10 @@ fn foreground_mount_unmounts_on_sigterm_and_reports_errors() {
         .unwrap();
     let t = Instant::now();
     while !is_mounted(&d.p("m")) {
-        assert!(t.elapsed() < Duration::from_secs(20), "mount did not come up");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "mount did not come up"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let _guard = Mnt(d.p("m"));
@@ -313,34 +385,70 @@ fn prepared_upper_with_metacopy_redirects_and_links_reads_the_same_under_kernel_
     fs::create_dir(m.join("fresh")).unwrap();
     fs::rename(m.join("moved/sub"), m.join("fresh/sub2")).unwrap();
     fs::write(m.join("links/a"), "changed through a").unwrap();
-    assert_eq!(fs::read_to_string(m.join("links/b")).unwrap(), "changed through a");
+    assert_eq!(
+        fs::read_to_string(m.join("links/b")).unwrap(),
+        "changed through a"
+    );
     let seen = snapshot(&m);
     umount(mnt);
-    assert!(get_xattr(&d.p("u/big"), "user.overlay.metacopy").is_some(), "chmod made a metadata-only copy");
-    assert!(get_xattr(&d.p("u/moved"), "user.overlay.redirect").is_some(), "rename made a redirect");
+    assert!(
+        get_xattr(&d.p("u/big"), "user.overlay.metacopy").is_some(),
+        "chmod made a metadata-only copy"
+    );
+    assert!(
+        get_xattr(&d.p("u/moved"), "user.overlay.redirect").is_some(),
+        "rename made a redirect"
+    );
     // Unprepared, the kernel reads this upper wrong: that is what the preparation fixes.
     if let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) {
-        let big_ok = fs::read(d.p("k/big")).map(|b| b == vec![7u8; 300_000]).unwrap_or(false);
+        let big_ok = fs::read(d.p("k/big"))
+            .map(|b| b == vec![7u8; 300_000])
+            .unwrap_or(false);
         let moved_ok = fs::read_dir(d.p("k/moved")).is_ok() && fs::read(d.p("k/moved/f")).is_ok();
-        let link_ok = fs::read_to_string(d.p("k/links/b")).map(|s| s == "changed through a").unwrap_or(false);
-        assert!(!(big_ok && moved_ok && link_ok), "kernel overlayfs read the unprepared upper right");
+        let link_ok = fs::read_to_string(d.p("k/links/b"))
+            .map(|s| s == "changed through a")
+            .unwrap_or(false);
+        assert!(
+            !(big_ok && moved_ok && link_ok),
+            "kernel overlayfs read the unprepared upper right"
+        );
         umount(k);
     }
-    let lowers: Vec<Arc<dyn Lower>> =
-        ["l1", "l2"].iter().map(|l| Arc::new(DirLower::open(&d.p(l)).unwrap()) as Arc<dyn Lower>).collect();
+    let lowers: Vec<Arc<dyn Lower>> = ["l1", "l2"]
+        .iter()
+        .map(|l| Arc::new(DirLower::open(&d.p(l)).unwrap()) as Arc<dyn Lower>)
+        .collect();
     let st = prepare_for_kernel(&lowers, &d.p("u"), &d.p("w")).unwrap();
     assert!(st.metacopy_filled >= 2, "{st:?}");
     assert!(st.dirs_materialized >= 2, "{st:?}");
     assert!(st.links_restored >= 1, "{st:?}");
     assert!(get_xattr(&d.p("u/big"), "user.overlay.metacopy").is_none());
     assert!(get_xattr(&d.p("u/moved"), "user.overlay.redirect").is_none());
-    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) else { return };
-    assert_eq!(snapshot(&d.p("k")), seen, "kernel overlayfs over the prepared upper");
+    let Some(k) = kernel_mount(&format!("{},userxattr", d.opts("u", "kw")), &d.p("k")) else {
+        return;
+    };
+    assert_eq!(
+        snapshot(&d.p("k")),
+        seen,
+        "kernel overlayfs over the prepared upper"
+    );
     umount(k);
     // idempotent, and stacko still shows the same tree
-    assert_eq!(prepare_for_kernel(&lowers, &d.p("u"), &d.p("w")).unwrap().metacopy_filled, 0);
+    assert_eq!(
+        prepare_for_kernel(&lowers, &d.p("u"), &d.p("w"))
+            .unwrap()
+            .metacopy_filled,
+        0
+    );
     let again = prepare_for_kernel(&lowers, &d.p("u"), &d.p("w")).unwrap();
-    assert_eq!(PrepareStats { links_restored: 0, ..again }, PrepareStats::default(), "{again:?}");
+    assert_eq!(
+        PrepareStats {
+            links_restored: 0,
+            ..again
+        },
+        PrepareStats::default(),
+        "{again:?}"
+    );
     let mnt = stacko_mount(&d.opts("u", "w"), &m);
     assert_eq!(snapshot(&m), seen, "stacko over the prepared upper");
     drop(mnt);

@@ -876,9 +876,17 @@ impl Case {
             let own_link = matches!(*op, Op::Rename { from, to, flags }
                 if flags != libc::RENAME_NOREPLACE && from != to && self.links.same(from, to));
             let observed = if own_link {
-                Observed::RenameOntoOwnLinkFailed { kernel: &k, engine: &e }
+                Observed::RenameOntoOwnLinkFailed {
+                    kernel: &k,
+                    engine: &e,
+                }
             } else {
-                Observed::Op { op, kernel: &k, engine: &e, model_nlink }
+                Observed::Op {
+                    op,
+                    kernel: &k,
+                    engine: &e,
+                    model_nlink,
+                }
             };
             match allowed_difference(&observed) {
                 Some(Allowed::DirRenameExdev) => {
@@ -998,12 +1006,13 @@ impl Case {
             if es.iter().any(|r| r.is_err()) {
                 let (kr, g3) = (k_root.clone(), g.clone());
                 let ks = actor.run(move || {
-                    g3.iter().map(|m| sys::lstat(&kr.join(m)).map(|_| ()).err()).collect::<Vec<_>>()
+                    g3.iter()
+                        .map(|m| sys::lstat(&kr.join(m)).map(|_| ()).err())
+                        .collect::<Vec<_>>()
                 });
-                let unreachable_both = es
-                    .iter()
-                    .zip(ks.iter())
-                    .any(|(e, k)| matches!((e, k), (Err(x), Some(y)) if x == y && *x == libc::EACCES));
+                let unreachable_both = es.iter().zip(ks.iter()).any(
+                    |(e, k)| matches!((e, k), (Err(x), Some(y)) if x == y && *x == libc::EACCES),
+                );
                 if unreachable_both {
                     continue;
                 }

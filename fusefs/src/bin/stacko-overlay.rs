@@ -50,7 +50,10 @@ fn parse_args(argv: Vec<OsString>) -> Result<Args> {
             }
             "-o" => {
                 let v = it.next().context("-o needs an argument")?;
-                opts.push(v.into_string().map_err(|_| anyhow::anyhow!("-o argument is not valid UTF-8"))?);
+                opts.push(
+                    v.into_string()
+                        .map_err(|_| anyhow::anyhow!("-o argument is not valid UTF-8"))?,
+                );
             }
             x if x.starts_with("-o") && x.len() > 2 => opts.push(x[2..].to_string()),
             // mount(8) helpers may pass these; they have no meaning here
@@ -74,7 +77,11 @@ fn parse_args(argv: Vec<OsString>) -> Result<Args> {
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
-    Ok(Args { foreground, config, mountpoint })
+    Ok(Args {
+        foreground,
+        config,
+        mountpoint,
+    })
 }
 
 fn block_signals() -> libc::sigset_t {
