@@ -218,6 +218,36 @@ impl FuseFs {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The passthrough backing id of inode `ino`, registered with the kernel
+    /// by `open_backing` on first use; `None` (and handle `fh` served through
+    /// the page cache) when the kernel refuses, and passthrough is turned off
+    /// for good when it refuses for lack of privilege.
+    fn backing_id(
+        &self,
+        ino: u64,
+        fh: u64,
+        open_backing: impl FnOnce() -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = b.get(&ino) {
+            return Some(id.clone());
+        }
+        match open_backing() {
+            Ok(id) => {
+                let id = Arc::new(id);
+                b.insert(ino, id.clone());
+                Some(id)
+            }
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    self.fs.set_passthrough(false);
+                }
+                self.fs.passthrough_refused(fh);
+                None
+            }
+        }
+    }
+
     fn reply_open(&self, fh_ino: u64, o: Opened, reply: ReplyOpen) {
         let flags = FopenFlags::FOPEN_NOFLUSH
             | if o.keep_cache {
@@ -226,24 +256,7 @@ impl FuseFs {
                 FopenFlags::empty()
             };
         if let Some(file) = &o.passthrough {
-            let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-            let id = match b.get(&fh_ino) {
-                Some(id) => Some(id.clone()),
-                None => match reply.open_backing(file.as_fd()) {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        b.insert(fh_ino, id.clone());
-                        Some(id)
-                    }
-                    Err(e) => {
-                        if e.raw_os_error() == Some(libc::EPERM) {
-                            self.fs.set_passthrough(false);
-                        }
-                        self.fs.passthrough_refused(o.fh);
-                        None
-                    }
-                },
-            };
+            let id = self.backing_id(fh_ino, o.fh, || reply.open_backing(file.as_fd()));
             if let Some(id) = id {
                 reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id);
                 return;
@@ -817,24 +830,7 @@ impl Filesystem for FuseFs {
                 let fa = file_attr(&a);
                 let _g = self.open_lock(a.ino);
                 if let Some(file) = &o.passthrough {
-                    let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-                    let id = match b.get(&a.ino) {
-                        Some(id) => Some(id.clone()),
-                        None => match reply.open_backing(file.as_fd()) {
-                            Ok(id) => {
-                                let id = Arc::new(id);
-                                b.insert(a.ino, id.clone());
-                                Some(id)
-                            }
-                            Err(e) => {
-                                if e.raw_os_error() == Some(libc::EPERM) {
-                                    self.fs.set_passthrough(false);
-                                }
-                                self.fs.passthrough_refused(o.fh);
-                                None
-                            }
-                        },
-                    };
+                    let id = self.backing_id(a.ino, o.fh, || reply.open_backing(file.as_fd()));
                     if let Some(id) = id {
                         reply.created_passthrough(
                             &self.ttl,

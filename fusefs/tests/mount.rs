@@ -76,8 +76,22 @@ fn kernel_mount(opts: &str, mnt: &Path) -> Option<Mnt> {
 }
 
 fn umount(m: Mnt) {
-    let st = Command::new("umount").arg(&m.0).status().unwrap();
-    assert!(st.success());
+    // A just-closed file can keep the mount busy for a moment (the release
+    // reaches the server asynchronously): retry briefly before failing.
+    let mut tries = 0;
+    let st = loop {
+        let st = Command::new("umount").arg(&m.0).status().unwrap();
+        tries += 1;
+        if st.success() || tries == 20 {
+            break st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        st.success(),
+        "umount {} failed {tries} times",
+        m.0.display()
+    );
     // the daemon exits once unmounted
     std::mem::forget(m);
 }

@@ -137,8 +137,17 @@ impl ObjectDir {
     /// the temp file (the caller decides, under its lock, whether the object
     /// exists already).
     pub(crate) fn write_prefixed(&self, head: &[u8], data: &mut dyn Read) -> Result<PendingObject> {
+        self.write_temp(|file| stream_into(file, head, data))
+    }
+
+    /// Fills a new temp file with `fill` (which returns digest and length);
+    /// removes the temp file if it fails.
+    fn write_temp(
+        &self,
+        fill: impl FnOnce(&mut File) -> Result<(ObjectId, u64)>,
+    ) -> Result<PendingObject> {
         let (path, mut file) = self.create_temp()?;
-        match stream_into(&mut file, head, data) {
+        match fill(&mut file) {
             Ok((id, len)) => Ok(PendingObject {
                 id,
                 len,
@@ -160,19 +169,7 @@ impl ObjectDir {
     /// streaming where the kernel cannot copy between the two files. Always
     /// keeps the temp file, as [`Self::write_prefixed`].
     pub(crate) fn write_copy(&self, src: &File) -> Result<PendingObject> {
-        let (path, mut file) = self.create_temp()?;
-        match copy_and_hash(src, &mut file) {
-            Ok((id, len)) => Ok(PendingObject {
-                id,
-                len,
-                tmp: Some(path),
-            }),
-            Err(e) => {
-                drop(file);
-                let _ = fs::remove_file(&path);
-                Err(e)
-            }
-        }
+        self.write_temp(|file| copy_and_hash(src, file))
     }
 
     fn create_temp(&self) -> Result<(PathBuf, File)> {

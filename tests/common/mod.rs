@@ -87,20 +87,26 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Where an unset `STACKO_OVERLAY` looks for the binary, in order.
+/// Where an unset `STACKO_OVERLAY` looks for the binary, in order: beside
+/// this test binary (the same cargo target directory and profile), then in
+/// the workspace's `target/` and `$CARGO_TARGET_DIR`.
 pub fn default_engine_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    // target/<profile>/deps/<test> -> target/<profile>/stacko-overlay
+    if let Some(profile_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+    {
+        v.push(profile_dir.join("stacko-overlay"));
+    }
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut v = vec![
-        ws.join("target/release/stacko-overlay"),
-        ws.join("target/debug/stacko-overlay"),
-    ];
+    v.push(ws.join("target/release/stacko-overlay"));
+    v.push(ws.join("target/debug/stacko-overlay"));
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
         let t = PathBuf::from(t);
         v.push(t.join("release/stacko-overlay"));
         v.push(t.join("debug/stacko-overlay"));
     }
-    v.push(PathBuf::from("/work/tgt/fusefs/release/stacko-overlay"));
-    v.push(PathBuf::from("/work/tgt/fusefs/debug/stacko-overlay"));
     v
 }
 
