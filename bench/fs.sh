@@ -124,7 +124,7 @@ cleanup() {
         umount "$m" 2>/dev/null || umount -l "$m"
     done
     # only pids still running one of our servers (a pid may have been reused)
-    ours() { tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$RUN"; }
+    ours() { tr '\0' ' ' 2>/dev/null < "/proc/$1/cmdline" | grep -qF -- "$RUN"; }
     local p
     for p in "${SERVERS[@]}"; do ours "$p" && kill "$p" 2>/dev/null; done
     sleep 0.2
