@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{assert_clean_failure, show};
+
 const BIN: &str = env!("CARGO_BIN_EXE_stacko");
 
 /// Generous bound for things that must eventually happen (a daemon exiting);
@@ -145,13 +148,6 @@ fn wait_gone(pid: i32) {
     }
 }
 
-fn show<S: AsRef<OsStr>>(args: &[S]) -> String {
-    args.iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn assert_ok<S: AsRef<OsStr>>(out: &Output, args: &[S]) {
     assert!(
         out.status.success(),
@@ -160,35 +156,6 @@ fn assert_ok<S: AsRef<OsStr>>(out: &Output, args: &[S]) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Exit 1, nothing on stdout, exactly one line `stacko: error: ...` on stderr.
-fn assert_clean_failure<S: AsRef<OsStr>>(out: &Output, args: &[S]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stacko {} should fail with 1; stderr: {err}",
-        show(args)
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "stacko {}: stdout not empty",
-        show(args)
-    );
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "stacko {}: not one line: {err:?}",
-        show(args)
-    );
-    assert!(
-        err.starts_with("stacko: error: "),
-        "stacko {}: {err:?}",
-        show(args)
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    err
 }
 
 fn write(root: &Path, rel: &str, content: &[u8]) {

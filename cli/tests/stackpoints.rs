@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{assert_clean_failure, show};
+
 const BIN: &str = env!("CARGO_BIN_EXE_stacko");
 
 /// Bound for things that must eventually happen; never an assertion about speed.
@@ -154,32 +157,7 @@ impl Env {
 
     /// Runs a stacko command that must fail cleanly (exit 1, one error line); returns the line.
     fn fail<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
-        let out = self.run(args);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "stacko {} should fail with 1; stderr: {err}",
-            show(args)
-        );
-        assert!(
-            out.stdout.is_empty(),
-            "stacko {}: stdout not empty",
-            show(args)
-        );
-        assert_eq!(
-            err.lines().count(),
-            1,
-            "stacko {}: not one line: {err:?}",
-            show(args)
-        );
-        assert!(
-            err.starts_with("stacko: error: "),
-            "stacko {}: {err:?}",
-            show(args)
-        );
-        assert!(!err.contains("panicked"), "{err}");
-        err
+        assert_clean_failure(&self.run(args), args)
     }
 
     /// Runs a shell script at this privilege level; returns stdout (must succeed).
@@ -272,13 +250,6 @@ impl Drop for Env {
         }
         unmount_below(self.root.path());
     }
-}
-
-fn show<S: AsRef<OsStr>>(args: &[S]) -> String {
-    args.iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Whether `pid` is a live `stacko daemon` for `home`.
