@@ -409,3 +409,17 @@ fn regression_rename_onto_own_link_of_lower_fifo() {
         },
     ]);
 }
+
+/// RENAME_EXCHANGE of a lower directory (holding one name of a lower hard link pair) with a
+/// lower file: the directory's whole subtree must be visible under its new name.
+#[test]
+fn regression_exchange_lower_dir_with_lower_file() {
+    replay(&[
+        Unlink { path: "s/a" },
+        Rename {
+            from: "d1",
+            to: "s/y",
+            flags: 2,
+        },
+    ]);
+}

@@ -807,7 +807,14 @@ fn daemon_of_another_build_is_replaced() {
     let first = h.daemon_pid().unwrap();
     // A copy of the binary has another mtime, hence another build id.
     let other = h.scratch("bin").join("stacko-other");
-    fs::copy(BIN, &other).unwrap();
+    // By a child process, so that no write fd to it can leak into another test thread's
+    // fork and make running it fail with ETXTBSY.
+    assert!(Command::new("cp")
+        .arg(BIN)
+        .arg(&other)
+        .status()
+        .unwrap()
+        .success());
     let out = h.cmd_with(&other).arg("list-images").output().unwrap();
     assert_ok(&out, &["list-images (other build)"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains('x'));

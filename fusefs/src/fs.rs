@@ -1430,18 +1430,25 @@ impl OverlayFs {
             crate::copyup::restore_times(dirfd.as_raw_fd(), times);
             return r;
         }
-        {
+        let moved_from = {
             let mut s = node.st_mut();
             if !(s.parent == parent.ino && s.name == name) {
-                // copy up under this name
+                // copy up under this name: it becomes the primary name (and pins its parent)
                 let old = (
                     s.parent,
                     std::mem::replace(&mut s.name, name.to_os_string()),
                 );
                 s.parent = parent.ino;
                 s.aliases.retain(|(p, a)| !(*p == parent.ino && a == name));
+                let old_parent = old.0;
                 s.aliases.push(old);
+                Some(old_parent)
+            } else {
+                None
             }
+        };
+        if let Some(old_parent) = moved_from {
+            self.nodes.repin(old_parent, parent.ino);
         }
         self.copy_up(node, CopyMode::Meta)?;
         if node.st().indexed {

@@ -230,12 +230,16 @@ impl NodeTable {
     /// references. A newly inserted node pins its parent.
     pub fn get_or_insert(&self, node: Node, add_refs: u64) -> (Arc<Node>, bool) {
         let ino = node.ino;
-        let (n, inserted) = self.nodes.with_mut(ino, |m| {
+        // (node, newly inserted, parent pinned by the node it replaced)
+        let (n, inserted, replaced_pin) = self.nodes.with_mut(ino, |m| {
             if let Some(old) = m.get(&ino) {
-                let stale = old.kind != node.kind || old.st().unlinked;
+                let old_st = old.st();
+                let stale = old.kind != node.kind || old_st.unlinked;
+                let old_parent = old_st.parent;
+                drop(old_st);
                 if !stale {
                     old.refs.fetch_add(add_refs, Ordering::Relaxed);
-                    return (old.clone(), false);
+                    return (old.clone(), false, None);
                 }
                 // Keep the kernel's lookup count of the number; the old node stays alive
                 // only through open handles.
@@ -243,18 +247,21 @@ impl NodeTable {
                 node.refs.store(carried + add_refs, Ordering::Relaxed);
                 let n = Arc::new(node);
                 m.insert(ino, n.clone());
-                return (n, false);
+                return (n, false, Some(old_parent));
             }
             node.refs.store(add_refs, Ordering::Relaxed);
             let n = Arc::new(node);
             m.insert(ino, n.clone());
-            (n, true)
+            (n, true, None)
         });
+        let parent = n.st().parent;
         if inserted {
-            let parent = n.st().parent;
             if let Some(p) = self.get(parent) {
                 p.refs.fetch_add(1, Ordering::Relaxed);
             }
+        } else if let Some(old_parent) = replaced_pin {
+            // the pin the replaced node held moves to the new node's parent
+            self.repin(old_parent, parent);
         }
         (n, inserted)
     }
@@ -356,5 +363,41 @@ mod tests {
         assert!(t.get(11).is_none());
         assert!(t.get(10).is_none(), "the parent goes with its last child");
         assert!(t.get(ROOT_INO).is_some());
+    }
+
+    #[test]
+    fn a_replaced_stale_node_moves_its_parent_pin() {
+        let t = NodeTable::new();
+        t.insert_root(Node::new(
+            ROOT_INO,
+            Kind::Dir,
+            NodeState::new(ROOT_INO, "".into()),
+        ));
+        let dir =
+            |ino, name: &str| Node::new(ino, Kind::Dir, NodeState::new(ROOT_INO, name.into()));
+        let (p1, _) = t.get_or_insert(dir(10, "p1"), 1);
+        let (p2, _) = t.get_or_insert(dir(20, "p2"), 1);
+        let (old, _) =
+            t.get_or_insert(Node::new(11, Kind::File, NodeState::new(10, "f".into())), 1);
+        old.st_mut().unlinked = true;
+        // the same number comes back under another parent (as after a rename elsewhere)
+        let (new, inserted) =
+            t.get_or_insert(Node::new(11, Kind::File, NodeState::new(20, "g".into())), 1);
+        assert!(!inserted);
+        assert_eq!(
+            new.refs.load(Ordering::Relaxed),
+            2,
+            "the kernel's count is kept"
+        );
+        assert_eq!(
+            p1.refs.load(Ordering::Relaxed),
+            1,
+            "p1 no longer pinned by 11"
+        );
+        assert_eq!(p2.refs.load(Ordering::Relaxed), 2, "p2 pinned by 11");
+        t.forget(11, 2);
+        assert!(t.get(11).is_none());
+        assert_eq!(p2.refs.load(Ordering::Relaxed), 1);
+        assert_eq!(p1.refs.load(Ordering::Relaxed), 1);
     }
 }

@@ -1036,3 +1036,37 @@ fn rootless_exchange_of_a_lower_dir_with_an_unreadable_hard_linked_file() {
         assert_eq!(read(&f, name), "secret", "{name}");
     }
 }
+
+/// The kernel's lookup counts are the only thing that keeps a node alive: renaming one name
+/// of a lower hard link (copy-up under a name that was not the node's first) and then
+/// dropping every kernel reference to the file must leave both directories resolvable.
+/// Found by the differential test (a RENAME_EXCHANGE of `d1` with `s/y` after a `find`).
+#[test]
+fn renaming_the_second_name_of_a_hard_link_keeps_parent_references_balanced() {
+    let e = Env::new(1);
+    fs::create_dir(e.l(0).join("d1")).unwrap();
+    fs::create_dir(e.l(0).join("s")).unwrap();
+    write(&e.l(0).join("d1/x"), "data");
+    fs::hard_link(e.l(0).join("d1/x"), e.l(0).join("s/y")).unwrap();
+    let f = e.mount();
+    let d1 = walk(&f, "d1").unwrap();
+    let s = walk(&f, "s").unwrap();
+    let first = walk(&f, "d1/x").unwrap(); // the node's first name is d1/x
+    let second = walk(&f, "s/y").unwrap();
+    assert_eq!(first, second);
+    f.rename(s, OsStr::new("y"), s, OsStr::new("z"), 0).unwrap();
+    // the kernel drops its two references to the file, then looks into both dirs again
+    f.forget(first, 2);
+    assert!(f.getattr(s).is_ok(), "s lost while the kernel holds it");
+    assert!(f.getattr(d1).is_ok(), "d1 lost while the kernel holds it");
+    assert_eq!(f.lookup(s, OsStr::new("z")).unwrap().ino, first);
+    assert_eq!(read(&f, "d1/x"), "data"); // one more lookup of d1 and of the file
+                                          // once the kernel forgets everything it looked up, nothing is left pinned
+    f.forget(first, 2);
+    f.forget(s, 2);
+    f.forget(d1, 3);
+    assert!(
+        f.getattr(s).is_err() && f.getattr(d1).is_err(),
+        "a pin leaked"
+    );
+}

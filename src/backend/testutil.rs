@@ -107,7 +107,15 @@ pub fn rerun(name: &str, role: Role) {
         Role::User | Role::UserInUserNs | Role::UserNoNewPrivs => {
             fs::set_permissions(copy_dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
             let bin = copy_dir.path().join("testbin");
-            fs::copy(&exe, &bin).expect("copy test binary");
+            // Copied by a child process: a write fd to `bin` held by this multi-threaded
+            // process could be inherited by another test thread's fork and make the exec
+            // below fail with ETXTBSY.
+            let st = Command::new("cp")
+                .arg(&exe)
+                .arg(&bin)
+                .status()
+                .expect("spawn cp");
+            assert!(st.success(), "copy test binary");
             fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
             bin
         }
