@@ -340,14 +340,19 @@ mod tests {
         assert_ne!(o, m.lower(1, 1 << 50));
     }
 
-    #[test]
-    fn forget_removes_and_unpins_parents() {
+    fn table_with_root() -> NodeTable {
         let t = NodeTable::new();
         t.insert_root(Node::new(
             ROOT_INO,
             Kind::Dir,
             NodeState::new(ROOT_INO, "".into()),
         ));
+        t
+    }
+
+    #[test]
+    fn forget_removes_and_unpins_parents() {
+        let t = table_with_root();
         let (d, _) = t.get_or_insert(
             Node::new(10, Kind::Dir, NodeState::new(ROOT_INO, "d".into())),
             1,
@@ -367,12 +372,7 @@ mod tests {
 
     #[test]
     fn a_replaced_stale_node_moves_its_parent_pin() {
-        let t = NodeTable::new();
-        t.insert_root(Node::new(
-            ROOT_INO,
-            Kind::Dir,
-            NodeState::new(ROOT_INO, "".into()),
-        ));
+        let t = table_with_root();
         let dir =
             |ino, name: &str| Node::new(ino, Kind::Dir, NodeState::new(ROOT_INO, name.into()));
         let (p1, _) = t.get_or_insert(dir(10, "p1"), 1);
