@@ -33,8 +33,8 @@ up() { # engine workload
     fi
     sync; echo 3 > /proc/sys/vm/drop_caches
 }
-down() {
-    umount "$M" 2>/dev/null || umount -l "$M"
+down() { # idempotent: also run by the EXIT trap, when nothing may be mounted
+    if mountpoint -q "$M"; then umount "$M" 2>/dev/null || umount -l "$M"; fi
     if [ -n "$PID" ]; then wait "$PID" 2>/dev/null || true; PID=""; fi
 }
 trap 'down 2>/dev/null; true' EXIT

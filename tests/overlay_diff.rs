@@ -410,8 +410,10 @@ fn regression_rename_onto_own_link_of_lower_fifo() {
     ]);
 }
 
-/// RENAME_EXCHANGE of a lower directory (holding one name of a lower hard link pair) with a
-/// lower file: the directory's whole subtree must be visible under its new name.
+/// RENAME_EXCHANGE of the lower directory `d1` with `s/y`, the second name of a lower hard
+/// link whose first name (`d1/x`) the tree walk before it had looked up: copying the file up
+/// under `s/y` made that its primary name without moving the parent pin, so `s` left the node
+/// table once the kernel forgot the file, and `s/y` answered ENOENT.
 #[test]
 fn regression_exchange_lower_dir_with_lower_file() {
     replay(&[
