@@ -119,6 +119,14 @@ pub struct FuseFs {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
+/// Answers a request whose reply carries nothing but success or an errno.
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 /// Names of the counted operations, in the order of [`FuseFs::tick`] indexes.
 const OPS: [&str; 33] = [
     "lookup",
@@ -189,6 +197,14 @@ impl FuseFs {
                         .collect(),
                 )
             }),
+        }
+    }
+
+    /// Answers a request that makes or finds a node.
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -414,10 +430,10 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         self.tick(5);
-        match self.fs.mknod(parent.0, name, mode, rdev as u64, ctx(req)) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(
+            reply,
+            self.fs.mknod(parent.0, name, mode, rdev as u64, ctx(req)),
+        )
     }
 
     fn mkdir(
@@ -430,26 +446,17 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         self.tick(6);
-        match self.fs.mkdir(parent.0, name, mode, ctx(req)) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(reply, self.fs.mkdir(parent.0, name, mode, ctx(req)))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.tick(7);
-        match self.fs.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.unlink(parent.0, name))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.tick(8);
-        match self.fs.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.rmdir(parent.0, name))
     }
 
     fn symlink(
@@ -461,13 +468,10 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         self.tick(9);
-        match self
+        let r = self
             .fs
-            .symlink(parent.0, link_name, target.as_os_str(), ctx(req))
-        {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+            .symlink(parent.0, link_name, target.as_os_str(), ctx(req));
+        self.reply_entry(reply, r)
     }
 
     fn rename(
@@ -481,13 +485,10 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.tick(10);
-        match self
+        let r = self
             .fs
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        reply_empty(reply, r)
     }
 
     fn link(
@@ -499,10 +500,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         self.tick(11);
-        match self.fs.link(ino.0, newparent.0, newname) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(reply, self.fs.link(ino.0, newparent.0, newname))
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -588,10 +586,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.tick(15);
-        match self.fs.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.flush(fh.0))
     }
 
     fn release(
@@ -624,10 +619,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.tick(17);
-        match self.fs.fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.fsync(fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -727,10 +719,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.tick(22);
-        match self.fs.fsyncdir(ino.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.fsyncdir(ino.0, datasync))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -761,10 +750,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.tick(24);
-        match self.fs.setxattr(ino.0, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags))
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -800,10 +786,7 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.tick(27);
-        match self.fs.removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.removexattr(ino.0, name))
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -866,10 +849,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.tick(30);
-        match self.fs.fallocate(fh.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode))
     }
 
     fn lseek(

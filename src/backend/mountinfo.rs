@@ -199,9 +199,8 @@ pub fn is_live_mount(path: &Path) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{self as tu, MountGuard};
+    use super::super::testutil as tu;
     use super::*;
-    use crate::backend::kernel::Overlay;
 
     const SAMPLE: &str = "\
 22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -262,13 +261,7 @@ garbage line
             return;
         }
         let tmp = tu::tempdir();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        tu::put(&a.join("x"), "x");
-        tu::put(&b.join("y"), "y");
-        let mnt = tmp.path().join("with space");
-        fs::create_dir(&mnt).expect("mkdir");
-        Overlay::new(vec![a, b]).mount(&mnt).expect("mount");
-        let _g = MountGuard(mnt.clone());
+        let (mnt, _g) = tu::two_layer_overlay(tmp.path(), "with space");
         // Through a relative-ish spelling with "..", too.
         let odd = tmp.path().join("a").join("..").join("with space");
         for p in [&mnt, &odd] {

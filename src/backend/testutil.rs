@@ -167,6 +167,21 @@ impl Drop for MountGuard {
     }
 }
 
+/// Mounts kernel overlayfs over two fresh layers (`a/x` over `b/y`, both under `dir`) at
+/// `dir/<name>`; the mount goes when the returned guard drops.
+pub fn two_layer_overlay(dir: &Path, name: &str) -> (PathBuf, MountGuard) {
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    put(&a.join("x"), "x");
+    put(&b.join("y"), "y");
+    let mnt = dir.join(name);
+    fs::create_dir(&mnt).expect("mkdir");
+    super::kernel::Overlay::new(vec![a, b])
+        .mount(&mnt)
+        .expect("mount");
+    let guard = MountGuard(mnt.clone());
+    (mnt, guard)
+}
+
 /// Write a file, creating parents.
 pub fn put(path: &Path, content: &str) {
     if let Some(p) = path.parent() {

@@ -131,7 +131,6 @@ mod tests {
     use super::super::mountinfo::{is_live_mount, mount_state, MountState};
     use super::super::testutil::{self as tu, rerun, role, MountGuard, Role};
     use super::*;
-    use crate::backend::kernel::Overlay;
     use std::fs;
     use std::path::PathBuf;
     use std::process::{Child, Stdio};
@@ -143,13 +142,7 @@ mod tests {
             return;
         }
         let tmp = tu::tempdir();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        tu::put(&a.join("x"), "x");
-        tu::put(&b.join("y"), "y");
-        let mnt = tmp.path().join("m");
-        fs::create_dir(&mnt).expect("mkdir");
-        Overlay::new(vec![a, b]).mount(&mnt).expect("mount");
-        let _g = MountGuard(mnt.clone());
+        let (mnt, _g) = tu::two_layer_overlay(tmp.path(), "m");
         let open = fs::File::open(mnt.join("x")).expect("open in mount");
         let err = unmount(&mnt, false).unwrap_err();
         assert_eq!(
