@@ -79,7 +79,18 @@ impl Drop for KernelOverlay {
 
 /// umount, with a lazy-detach fallback so that cleanup never blocks on a busy mount.
 fn unmount_path(mnt: &Path) -> Result<(), String> {
-    match sys::umount2(mnt, 0) {
+    // EBUSY can be passing: a process forked by another test thread holds copies of this
+    // thread's open fds until it execs. A reference that stays (an fd this test leaked)
+    // still fails after the retries.
+    let mut r = sys::umount2(mnt, 0);
+    for _ in 0..40 {
+        if r != Err(libc::EBUSY) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        r = sys::umount2(mnt, 0);
+    }
+    match r {
         Ok(()) => Ok(()),
         Err(e) => {
             let lazy = sys::umount2(mnt, libc::MNT_DETACH);
@@ -256,16 +267,30 @@ impl EngineMount {
 
     fn umount_once(&self) -> Result<(), String> {
         if let Some((uid, gid)) = self.opts.user {
-            // A user mount is taken down the way its owner would: fusermount3 -u.
-            let out = Command::new("setpriv")
-                .arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={gid}"))
-                .arg("--clear-groups")
-                .arg("--")
-                .arg("fusermount3")
-                .arg("-u")
-                .arg(&self.opts.mnt)
-                .output();
+            // A user mount is taken down the way its owner would: fusermount3 -u (retried
+            // while busy, for the reason given in `unmount_path`).
+            let run = || {
+                Command::new("setpriv")
+                    .arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg("fusermount3")
+                    .arg("-u")
+                    .arg(&self.opts.mnt)
+                    .output()
+            };
+            let busy = |o: &std::process::Output| {
+                !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("busy")
+            };
+            let mut out = run();
+            for _ in 0..40 {
+                if !matches!(&out, Ok(o) if busy(o)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                out = run();
+            }
             match out {
                 Ok(o) if o.status.success() => return Ok(()),
                 Ok(o) => {
