@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{assert_clean_failure, show};
+use common::{assert_clean_failure, assert_ok};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stacko");
 
@@ -146,16 +146,6 @@ fn wait_gone(pid: i32) {
         assert!(start.elapsed() < PATIENCE, "process {pid} did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn assert_ok<S: AsRef<OsStr>>(out: &Output, args: &[S]) {
-    assert!(
-        out.status.success(),
-        "stacko {} failed ({}): {}",
-        show(args),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn write(root: &Path, rel: &str, content: &[u8]) {

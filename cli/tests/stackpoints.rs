@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{assert_clean_failure, show};
+use common::{assert_clean_failure, assert_ok, show};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stacko");
 
@@ -145,13 +145,7 @@ impl Env {
     /// Runs a stacko command that must succeed; returns its stdout, trimmed.
     fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "stacko {} failed ({}): {}",
-            show(args),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, args);
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 

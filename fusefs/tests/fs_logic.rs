@@ -1,5 +1,8 @@
 //! Tests of the merged filesystem logic on temporary directories, without FUSE.
 
+mod common;
+use common::*;
+
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -56,55 +59,8 @@ impl Env {
     }
 }
 
-fn write(p: &Path, s: &str) {
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d).unwrap();
-    }
-    fs::write(p, s).unwrap();
-}
-
-fn whiteout(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    assert_eq!(
-        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) },
-        0,
-        "mknod whiteout {p:?}"
-    );
-}
-
-fn set_user_xattr(p: &Path, name: &str, v: &[u8]) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    assert_eq!(
-        unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) },
-        0
-    );
-}
-
-fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        None
-    } else {
-        buf.truncate(r as usize);
-        Some(buf)
-    }
-}
-
 fn ctx() -> Ctx {
     Ctx::current()
-}
-
-/// Walks a path from the root, taking lookup references like the kernel would.
-fn walk(f: &OverlayFs, path: &str) -> Result<u64, Errno> {
-    let mut ino = 1;
-    for c in path.split('/').filter(|c| !c.is_empty()) {
-        ino = f.lookup(ino, OsStr::new(c))?.ino;
-    }
-    Ok(ino)
 }
 
 fn parent_and_name(f: &OverlayFs, path: &str) -> (u64, OsString) {

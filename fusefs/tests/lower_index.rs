@@ -3,10 +3,12 @@
 //! index gives the same merged tree as the layer-by-layer walk, whiteouts, opaque
 //! directories and redirects included.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,28 +63,8 @@ impl Lower for Counting {
     }
 }
 
-fn write(p: &Path, s: &str) {
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, s).unwrap();
-}
-
-fn whiteout(p: &Path) {
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    assert_eq!(
-        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) },
-        0,
-        "mknod whiteout {p:?}"
-    );
-}
-
 fn set_opaque(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = c"user.overlay.opaque";
-    assert_eq!(
-        unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), b"y".as_ptr().cast(), 1, 0) },
-        0
-    );
+    set_user_xattr(p, "user.overlay.opaque", b"y");
 }
 
 fn counting_layers(root: &Path, n: usize) -> Vec<Arc<Counting>> {
@@ -103,14 +85,6 @@ fn as_lowers(c: &[Arc<Counting>]) -> Vec<Arc<dyn Lower>> {
 
 fn total(c: &[Arc<Counting>], f: impl Fn(&Counting) -> usize) -> usize {
     c.iter().map(|l| f(l)).sum()
-}
-
-fn walk(f: &OverlayFs, path: &str) -> std::result::Result<u64, Errno> {
-    let mut ino = 1;
-    for c in path.split('/').filter(|c| !c.is_empty()) {
-        ino = f.lookup(ino, OsStr::new(c))?.ino;
-    }
-    Ok(ino)
 }
 
 #[test]

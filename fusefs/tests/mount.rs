@@ -4,6 +4,9 @@
 //! Skipped (with a message) only when `/dev/fuse` is missing; the kernel overlayfs parts
 //! need root and are skipped, with a message, without it.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -466,18 +469,4 @@ fn prepared_upper_with_metacopy_redirects_and_links_reads_the_same_under_kernel_
     let mnt = stacko_mount(&d.opts("u", "w"), &m);
     assert_eq!(snapshot(&m), seen, "stacko over the prepared upper");
     drop(mnt);
-}
-
-fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        None
-    } else {
-        buf.truncate(r as usize);
-        Some(buf)
-    }
 }

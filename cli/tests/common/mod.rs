@@ -11,6 +11,17 @@ pub fn show<S: AsRef<OsStr>>(args: &[S]) -> String {
         .join(" ")
 }
 
+/// The command succeeded (its stderr in the message if not).
+pub fn assert_ok<S: AsRef<OsStr>>(out: &Output, args: &[S]) {
+    assert!(
+        out.status.success(),
+        "stacko {} failed ({}): {}",
+        show(args),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Exit 1, nothing on stdout, exactly one line `stacko: error: ...` on stderr.
 pub fn assert_clean_failure<S: AsRef<OsStr>>(out: &Output, args: &[S]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
